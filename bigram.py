@@ -9,8 +9,10 @@ It is the baseline for gpt.py, which shares all of this file's scaffolding.
 import json
 import math
 import os
+import pickle
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -148,9 +150,14 @@ def load_checkpoint(path, model_type, chars):
     if not os.path.exists(path):
         die(f"no checkpoint at {path}; train first (init_from='scratch')")
     try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # torch warns about the pickle protocol of foreign files
+            ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError:
+        die(f"{path} is not a loadable checkpoint: it is not plain tensors and data, or is damaged "
+            "(weights_only refused it; nothing in it ran)")
     except Exception as e:
-        die(f"{path} is not a loadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+        die(f"{path} is not a loadable checkpoint: truncated or not a torch file ({type(e).__name__})")
     if not isinstance(ckpt, dict) or ckpt.get('model_type') != model_type:
         die(f"{path} is not a {model_type} checkpoint")
     if ckpt['chars'] != chars:

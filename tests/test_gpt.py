@@ -1,0 +1,162 @@
+"""gpt.py: the model's properties, sampling, the schedule and checkpoints, on the real classes."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import gpt
+
+V = 11
+
+
+def tiny(dropout=0.0, block_size=16, n_layer=2, n_head=2, n_embd=16, seed=0):
+    torch.manual_seed(seed)
+    return gpt.GPT(V, block_size, n_layer, n_head, n_embd, dropout)
+
+
+def set_sdpa(model, on):
+    for block in model.blocks:
+        block.attn.use_sdpa = on
+
+
+def test_shapes():
+    model = tiny()
+    idx = torch.randint(V, (3, 16))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (3, 16, V) and loss.shape == ()
+    logits, loss = model(idx)
+    assert logits.shape == (3, 1, V) and loss is None  # sampling needs only the last position
+
+
+@pytest.mark.parametrize('sdpa', [True, False])
+def test_causal(sdpa):
+    model = tiny().eval()
+    set_sdpa(model, sdpa)
+    idx = torch.randint(V, (2, 16))
+    base = model(idx, idx)[0]
+    for t in (0, 7, 15):
+        changed = idx.clone()
+        changed[:, t] = (changed[:, t] + 1) % V
+        logits = model(changed, idx)[0]
+        assert torch.allclose(logits[:, :t], base[:, :t], atol=1e-6)  # the past does not see the future
+        assert not torch.allclose(logits[:, t:], base[:, t:], atol=1e-6)  # and the token itself matters
+
+
+def test_initial_loss_is_about_ln_vocab():
+    model = gpt.GPT(65, 32, 4, 4, 64, 0.0)
+    idx = torch.randint(65, (16, 32))
+    assert model(idx, idx.roll(1, dims=1))[1].item() == pytest.approx(math.log(65), abs=0.1)
+
+
+def test_overfits_one_batch():
+    model = tiny(dropout=0.1)
+    idx = torch.randint(V, (4, 17))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    first = model(idx[:, :-1], idx[:, 1:])[1].item()
+    for _ in range(200):
+        loss = model(idx[:, :-1], idx[:, 1:])[1]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    assert first > 2.0 and model(idx[:, :-1], idx[:, 1:])[1].item() < 0.05
+
+
+def test_sdpa_agrees_with_explicit_attention():
+    model = tiny().eval()
+    idx = torch.randint(V, (3, 16))
+    fast = model(idx, idx)[0]
+    set_sdpa(model, False)
+    assert torch.allclose(fast, model(idx, idx)[0], atol=1e-5)
+    # and with a cache, where there are more keys than queries
+    for sdpa in (True, False):
+        set_sdpa(model, sdpa)
+        cache = gpt.KVCache(2, 3, 2, 16, 8, 'cpu', torch.float32)
+        model(idx[:, :10], cache=cache)
+        logits = model(idx[:, 10:13], cache=cache)[0]
+        assert torch.allclose(logits[:, -1], fast[:, 12], atol=1e-5)
+
+
+@pytest.mark.parametrize('temperature, top_k, top_p', [(1.0, 0, 1.0), (0.8, 5, 0.9), (0.0, 0, 1.0)])
+def test_cached_generation_equals_uncached(temperature, top_k, top_p):
+    model = tiny(block_size=32).eval()
+    prompt = torch.randint(V, (3, 5))
+    outs = [model.generate(prompt, 27, temperature, top_k, top_p, kv_cache=c,
+                           generator=torch.Generator().manual_seed(1)) for c in (True, False)]
+    assert outs[0].shape == (3, 32) and torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0][:, :5], prompt)  # the output starts with the prompt
+
+
+def test_generation_beyond_block_size():
+    model = tiny(block_size=8).eval()
+    for prompt_len in (3, 20):  # a prompt inside and one longer than the block
+        prompt = torch.randint(V, (2, prompt_len))
+        for cache in (True, False):
+            out = model.generate(prompt, 30, 1.0, kv_cache=cache, generator=torch.Generator().manual_seed(0))
+            assert out.shape == (2, prompt_len + 30)
+    # after the cache is rebuilt, the next logits are those of the last block_size // 2 tokens
+    idx = torch.randint(V, (1, 9))
+    cache = gpt.KVCache(2, 1, 2, 8, 8, 'cpu', torch.float32)
+    model(idx[:, 1:], cache=cache)  # 8 positions: full
+    rebuilt = gpt.KVCache(2, 1, 2, 8, 8, 'cpu', torch.float32)
+    assert torch.allclose(model(idx[:, -4:], cache=rebuilt)[0], model(idx[:, -4:])[0], atol=1e-6)
+
+
+def test_greedy_is_deterministic():
+    model = tiny().eval()
+    prompt = torch.randint(V, (2, 4))
+    a, b = (model.generate(prompt, 12, temperature=0) for _ in range(2))
+    assert torch.equal(a, b)
+
+
+def test_sampling_knobs():
+    torch.manual_seed(0)
+    logits = torch.randn(4, V)
+    best = logits.argmax(-1, keepdim=True)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(gpt.sample_next(logits, 0.0), best)  # temperature 0 is greedy, not a division by 0
+    assert torch.equal(gpt.sample_next(logits, 1.0, top_k=1, generator=g), best)
+    assert torch.equal(gpt.sample_next(logits, 1.0, top_p=1e-6, generator=g), best)  # the top token stays
+    assert gpt.sample_next(logits, 1.0, top_k=10 * V, generator=g).shape == (4, 1)  # k above vocab is fine
+    top3 = logits.topk(3).indices
+    draws = torch.cat([gpt.sample_next(logits, 2.0, top_k=3, generator=g) for _ in range(200)], dim=1)
+    assert all(set(draws[r].tolist()) <= set(top3[r].tolist()) for r in range(4))
+    assert all(len(set(draws[r].tolist())) == 3 for r in range(4))  # all three are reachable
+    # top_p keeps the fewest tokens whose probabilities add up to top_p
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    draws = torch.cat([gpt.sample_next(probs.log(), 1.0, top_p=0.75, generator=g) for _ in range(300)], dim=1)
+    assert set(draws.flatten().tolist()) == {0, 1}
+
+
+def test_lr_schedule():
+    lr = lambda it, progress, warmup=10: gpt.get_lr(it, progress, 1e-3, 1e-4, warmup)
+    assert lr(0, 0.0) > 0  # never 0 at step 0
+    assert lr(9, 0.0) < 1e-3 and lr(10, 0.0) == pytest.approx(1e-3)
+    assert lr(50, 0.5) == pytest.approx(5.5e-4) and lr(100, 1.0) == pytest.approx(1e-4)
+    assert lr(1000, 3.0) == pytest.approx(1e-4)  # past the end it stays at min_lr
+    assert lr(0, 0.0, warmup=0) == pytest.approx(1e-3)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = tiny()
+    path = str(tmp_path / 'ckpt.pt')
+    chars = [chr(ord('a') + i) for i in range(V)]
+    gpt.save_checkpoint(path, {'model_type': 'gpt', 'model': model.state_dict(), 'chars': chars,
+                               'rng': {'torch': torch.get_rng_state()}, 'config': {'dropout': 0.0}})
+    ckpt = gpt.load_checkpoint(path, 'gpt', chars)
+    other = tiny(seed=1)
+    other.load_state_dict(ckpt['model'])
+    idx = torch.randint(V, (2, 16))
+    assert torch.equal(other(idx, idx)[0], model(idx, idx)[0])
+    assert not (tmp_path / 'ckpt.pt.tmp').exists()
+
+
+def test_full_val_loss_matches_the_mean_over_windows():
+    model = tiny(block_size=8)
+    data = np.random.default_rng(0).integers(0, V, size=45).astype(np.uint16)
+    tensor = torch.from_numpy(data.astype(np.int64))
+    # windows 0-8, 8-16, ... 40-44: 44 predictions in all
+    nll = sum(model(tensor[None, s:min(s + 8, 44)], tensor[None, s + 1:min(s + 9, 45)])[1].item() * (min(s + 8, 44) - s)
+              for s in range(0, 44, 8))
+    assert gpt.full_val_loss(model, data, 8, 'cpu', batch_size=2) == pytest.approx(nll / 44, rel=1e-5)

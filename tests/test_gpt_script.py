@@ -1,0 +1,123 @@
+"""gpt.py run as a user runs it: training, exact resume, sampling only, and every refusal."""
+import os
+import pickle
+import re
+
+import pytest
+import torch
+
+from conftest import one_line_error, run
+
+TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=8', '--eval_iters=4',
+        '--eval_interval=10', '--log_interval=5', '--warmup_iters=5', '--max_new_tokens=30', '--compile=false']
+
+
+def val_lines(out):
+    return re.findall(r'^step \d+: train loss [\d.]+, val loss [\d.]+$', out, flags=re.M)
+
+
+@pytest.fixture
+def trained(proj):
+    """The tiny project after 20 steps of training in out/."""
+    r = run(proj, 'gpt.py', *TINY, '--max_iters=20', '--lr_decay_iters=40', '--dropout=0.1', '--prompt=First')
+    assert r.returncode == 0, r.stderr
+    return proj, r
+
+
+def test_train_log_and_sample(trained):
+    proj, r = trained
+    assert [l.split(':')[0] for l in val_lines(r.stdout)] == ['step 0', 'step 10', 'step 20']
+    assert re.search(r'^iter 5: loss [\d.]+, lr [\d.e+-]+, [\d.]+ ms/iter, [\d,]+ tok/s, eta \d+s$', r.stdout, re.M)
+    assert re.search(r'^whole-split val loss \d\.\d{4} \(', r.stdout, re.M)
+    assert '\nFirst' in r.stdout  # the sample starts with the prompt
+    rows = (proj / 'out' / 'log.csv').read_text().splitlines()
+    assert rows[0] == 'kind,iter,tokens,time_s,lr,train_loss,val_loss'
+    assert sum(row.startswith('eval,') for row in rows) == 3 and sum(row.startswith('train,') for row in rows) == 4
+    ckpt = torch.load(proj / 'out' / 'ckpt.pt', weights_only=True)
+    assert ckpt['iter_num'] == 20 and ckpt['model_args']['n_layer'] == 2 and ckpt['config']['dropout'] == 0.1
+    assert set(ckpt) >= {'model', 'optimizer', 'best_val_loss', 'chars', 'rng'}
+
+
+def test_resume_is_exact(trained):
+    proj, _ = trained
+    args = [*TINY, '--max_iters=40', '--lr_decay_iters=40', '--dropout=0.1']
+    resumed = run(proj, 'gpt.py', *args, '--init_from=resume')
+    straight = run(proj, 'gpt.py', *args, '--out_dir=straight')
+    assert resumed.returncode == 0 and straight.returncode == 0, resumed.stderr + straight.stderr
+    assert 'resumed from' in resumed.stdout and 'step 20:' not in resumed.stdout
+    assert val_lines(resumed.stdout)[-1].startswith('step 40:')
+    assert val_lines(resumed.stdout)[-1] == val_lines(straight.stdout)[-1]
+
+
+def test_sample_only(trained):
+    proj, _ = trained
+    before = (proj / 'out' / 'ckpt.pt').read_bytes()
+    r = run(proj, 'gpt.py', '--init_from=resume', '--max_iters=0', '--prompt=All:', '--num_samples=2',
+            '--temperature=0', '--max_new_tokens=20')
+    assert r.returncode == 0, r.stderr
+    assert not val_lines(r.stdout) and 'whole-split' not in r.stdout
+    *_, first, second, end = r.stdout.split('---------------\n')
+    assert end == '' and second.startswith('All:') and first.endswith('\n' + second)  # greedy: twice the same
+    assert (proj / 'out' / 'ckpt.pt').read_bytes() == before
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ('touch pwned',))
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--init_from=resume', '--out_dir=empty'], 'no checkpoint'),
+    (['--init_from=gpt2'], "init_from must be 'scratch' or 'resume'"),
+    (['--n_head=3'], 'must be a multiple of n_head'),
+    (['--block_size=100000'], 'must be shorter than both splits'),
+    (['--n_layer=0'], 'must be positive'),
+    (['--batch_size=-1'], 'must be positive'),
+    (['--max_iters=-5'], 'must not be negative'),
+    (['--dropout=1.5'], 'dropout must be in'),
+    (['--learning_rate=0'], 'learning_rate'),
+    (['--temperature=-1'], 'temperature must be >= 0'),
+    (['--top_k=-2'], 'top_k must be >= 0'),
+    (['--top_p=0'], 'top_p must be in'),
+    (['--top_p=1.5'], 'top_p must be in'),
+    (['--prompt=Zeal~'], "not in the vocabulary: ['Z', '~']"),
+    (['--prompt='], 'prompt must not be empty'),
+    (['--dtype=float8'], 'dtype must be'),
+    (['--compile=maybe'], 'compile must be'),
+    (['--device=cuda'], 'CUDA is not available'),
+    (['--device=tpu'], 'unknown --device'),
+    (['--dataset=nothing'], 'run: python prepare.py'),
+    (['--n_embd=abc'], 'not a valid int'),
+])
+def test_bad_input_is_refused(trained, args, message):
+    proj, _ = trained
+    before = (proj / 'out' / 'ckpt.pt').read_bytes()
+    assert message in one_line_error(run(proj, 'gpt.py', *TINY, '--max_iters=30', *args))
+    assert (proj / 'out' / 'ckpt.pt').read_bytes() == before  # nothing is overwritten
+
+
+def test_bad_checkpoints_are_refused(trained, tmp_path):
+    proj, _ = trained
+    good = (proj / 'out' / 'ckpt.pt').read_bytes()
+    bigram_ckpt = proj / 'b.pt'
+    torch.save({'model_type': 'bigram', 'chars': []}, bigram_ckpt)
+    cases = [(good[:len(good) // 2], 'not a loadable checkpoint'),  # truncated
+             (os.urandom(4096), 'not a loadable checkpoint'),  # random bytes
+             (pickle.dumps(Evil()), 'not a loadable checkpoint'),  # pickled code
+             (bigram_ckpt.read_bytes(), 'not a gpt checkpoint')]
+    for i, (content, message) in enumerate(cases):
+        folder = proj / f'bad{i}'
+        folder.mkdir()
+        (folder / 'ckpt.pt').write_bytes(content)
+        assert message in one_line_error(run(proj, 'gpt.py', '--init_from=resume', f'--out_dir=bad{i}'))
+        assert (folder / 'ckpt.pt').read_bytes() == content
+    assert not (proj / 'pwned').exists()  # the pickled code never ran
+
+
+def test_vocabulary_mismatch_is_refused(trained, tmp_path):
+    proj, _ = trained
+    (tmp_path / 'other.txt').write_text('abcdefghij\n' * 200)
+    assert run(proj, 'prepare.py', f'--input={tmp_path / "other.txt"}').returncode == 0
+    before = (proj / 'out' / 'ckpt.pt').read_bytes()
+    assert 'another vocabulary' in one_line_error(run(proj, 'gpt.py', *TINY, '--init_from=resume', '--max_iters=30'))
+    assert (proj / 'out' / 'ckpt.pt').read_bytes() == before
