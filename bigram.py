@@ -10,6 +10,7 @@ import json
 import math
 import os
 import pickle
+import signal
 import sys
 import time
 import warnings
@@ -102,9 +103,8 @@ def full_val_loss(model, data, block_size, device, batch_size=64):
         full, last = ix[ix + block_size < len(data)], ix[ix + block_size >= len(data)]
         for part, t in ((full, block_size), (last, len(data) - 1 - int(last[0]) if len(last) else 0)):
             if len(part):
-                logits, _ = model(get_batch(data, part, t, device)[0])
-                y = get_batch(data, part, t, device)[1]
-                total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction='sum').item()
+                loss = model(*get_batch(data, part, t, device))[1]
+                total += loss.item() * len(part) * t
     model.train()
     return total / (len(data) - 1)
 
@@ -166,10 +166,29 @@ def load_checkpoint(path, model_type, chars):
     return ckpt
 
 
+def check_config(n_train, n_val):
+    """One clear line for each setting that cannot work, before anything is built or written."""
+    problems = [
+        (init_from in ('scratch', 'resume'), f"init_from must be 'scratch' or 'resume', not '{init_from}'"),
+        (min(batch_size, block_size, eval_interval, eval_iters, num_samples) > 0,
+         "batch_size, block_size, eval_interval, eval_iters and num_samples must be positive"),
+        (block_size < min(n_train, n_val), f"block_size ({block_size}) must be shorter than both splits "
+                                           f"({n_train:,} and {n_val:,} tokens)"),
+        (min(max_iters, max_new_tokens) >= 0, "max_iters and max_new_tokens must not be negative"),
+        (learning_rate > 0, f"learning_rate must be positive, not {learning_rate}"),
+        (temperature >= 0, f"temperature must be >= 0 (0 is greedy), not {temperature}"),
+        (prompt != '', "prompt must not be empty (the default is a newline)"),
+    ]
+    for ok, msg in problems:
+        if not ok:
+            die(msg)
+
+
 def main():
     dev = pick_device(device)
     print(f"device: {dev}")
     train_data, val_data, chars = load_data(dataset)
+    check_config(len(train_data), len(val_data))
     stoi = {c: i for i, c in enumerate(chars)}
     config = knobs(globals())
     ckpt_path = os.path.join(ROOT, out_dir, 'ckpt.pt')
@@ -187,8 +206,6 @@ def main():
         torch.set_rng_state(ckpt['rng']['torch'])
         data_rng.set_state(ckpt['rng']['data'])
         print(f"resumed from {ckpt_path} at step {iter_num}")
-    elif init_from != 'scratch':
-        die(f"init_from must be 'scratch' or 'resume', not '{init_from}'")
     missing = sorted(set(prompt) - set(stoi))
     if missing:
         die(f"the prompt has characters that are not in the vocabulary: {missing}")
@@ -203,9 +220,23 @@ def main():
 
     if init_from == 'scratch' and os.path.exists(ckpt_path):
         print(f"note: this run will overwrite {ckpt_path} (resume it with --init_from=resume)")
+
+    # Ctrl-C or SIGTERM: finish the current step, save it, say how to resume, exit non-zero
+    stop = {'signal': 0}
+    def on_signal(signum, frame):
+        stop['signal'] = signum
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, on_signal)
+
     start_iter, t0 = iter_num, time.time()
     while True:
         last_step = iter_num >= max_iters
+        if stop['signal']:
+            if iter_num > start_iter:
+                checkpoint()
+            print(f"{signal.Signals(stop['signal']).name} at step {iter_num}: saved {ckpt_path}; "
+                  f"continue with the same command and --init_from=resume")
+            sys.exit(128 + stop['signal'])
         if (iter_num % eval_interval == 0 or last_step) and not (init_from == 'resume' and iter_num == start_iter):
             losses = estimate_loss(model, {'train': train_data, 'val': val_data},
                                    batch_size, block_size, eval_iters, dev)
@@ -217,11 +248,16 @@ def main():
             break
         ix = torch.randint(len(train_data) - block_size, (batch_size,), generator=data_rng)
         _, loss = model(*get_batch(train_data, ix, block_size, dev))
+        if not math.isfinite(loss.item()):
+            die(f"the loss is not finite at step {iter_num}; stopped, and {ckpt_path} keeps the last good "
+                f"state. Try a lower learning_rate")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         iter_num += 1
 
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_DFL)
     if iter_num > start_iter:
         print(f"trained {iter_num - start_iter} steps in {time.time() - t0:.1f}s; saved {ckpt_path}")
         print(f"whole-split val loss {full_val_loss(model, val_data, block_size, dev):.4f} "
@@ -236,4 +272,7 @@ def main():
 
 if __name__ == '__main__':
     configure(globals(), sys.argv[1:])
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C after training, while sampling
+        sys.exit(130)

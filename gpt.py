@@ -38,7 +38,16 @@ n_head = 4
 n_embd = 128
 block_size = 64  # the longest context the model sees
 dropout = 0.0
+# newer parts, each one switch (config/classic.py turns them all off for the classic GPT)
+rope = False  # rotary position embeddings instead of a learned position table
+rmsnorm = False  # RMSNorm instead of LayerNorm
+qk_norm = False  # normalize queries and keys before attention
+relu2 = False  # ReLU squared instead of GELU in the MLP
+tie_weights = True  # the output head shares the token embedding matrix
 # training
+optimizer = 'adamw'  # 'adamw', or 'muon': Muon for the blocks' matrices, AdamW for the rest
+muon_lr = 0.02  # Muon's peak rate (scaled by the same schedule)
+schedule = 'cosine'  # 'cosine' decay after warmup, or 'wsd': warmup, stable, then a linear decay
 batch_size = 32  # sequences per micro-step, per process
 gradient_accumulation_steps = 1  # micro-steps per optimizer step
 max_iters = 2000  # optimizer steps
@@ -139,11 +148,17 @@ def full_val_loss(model, data, block_size, device, batch_size=64, ctx=nullcontex
     return total / (len(data) - 1)
 
 
-def get_lr(it, progress, learning_rate, min_lr, warmup_iters):
-    """Linear warmup for warmup_iters steps, then cosine decay to min_lr as progress goes from 0 to 1."""
+def get_lr(it, progress, learning_rate, min_lr, warmup_iters, schedule='cosine'):
+    """Linear warmup for warmup_iters steps, then a decay to min_lr as progress goes from 0 to 1:
+    'cosine' decays all the way; 'wsd' (warmup-stable-decay) holds the peak, then decays linearly
+    over the last 40%."""
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)  # never 0, even at step 0
-    coeff = 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))  # 1 -> 0
+    progress = min(max(progress, 0.0), 1.0)
+    if schedule == 'wsd':
+        coeff = min(1.0, (1.0 - progress) / 0.4)  # 1 until 60%, then linearly to 0
+    else:
+        coeff = 0.5 * (1.0 + math.cos(math.pi * progress))  # 1 -> 0
     return min_lr + coeff * (learning_rate - min_lr)
 
 
@@ -163,21 +178,32 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
+def rotate(x, cos, sin):
+    """Rotary position embedding: turn each pair (x1[i], x2[i]) of a head by its position's angle i."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each; cos and sin are (T, hs/2)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
 class CausalSelfAttention(nn.Module):
 
-    def __init__(self, n_embd, n_head, dropout):
+    def __init__(self, n_embd, n_head, dropout, qk_norm=False):
         super().__init__()
         self.n_head = n_head
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=False)  # query, key and value for all heads at once
         self.c_proj = nn.Linear(n_embd, n_embd, bias=False)
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
+        self.qk_norm = qk_norm  # normalize each query and key: keeps attention logits in range at high lr
         self.use_sdpa = True  # False runs the explicit masked softmax below, the readable reference
 
-    def forward(self, x, cache=None, layer=0):
+    def forward(self, x, rope=None, cache=None, layer=0):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, L, hs): this chunk's keys after the cached ones
         L = k.size(2)
@@ -196,43 +222,55 @@ class CausalSelfAttention(nn.Module):
 
 class MLP(nn.Module):
 
-    def __init__(self, n_embd, dropout):
+    def __init__(self, n_embd, dropout, relu2=False):
         super().__init__()
         self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=False)
         self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=False)
+        self.act = (lambda h: F.relu(h).square()) if relu2 else F.gelu
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + attention(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, n_embd, n_head, dropout):
+    def __init__(self, n_embd, n_head, dropout, rmsnorm=False, qk_norm=False, relu2=False):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(n_embd)
-        self.attn = CausalSelfAttention(n_embd, n_head, dropout)
-        self.ln_2 = nn.LayerNorm(n_embd)
-        self.mlp = MLP(n_embd, dropout)
+        Norm = nn.RMSNorm if rmsnorm else nn.LayerNorm
+        self.ln_1 = Norm(n_embd)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout, qk_norm)
+        self.ln_2 = Norm(n_embd)
+        self.mlp = MLP(n_embd, dropout, relu2)
 
-    def forward(self, x, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x, rope=None, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), rope, cache, layer)
         return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
+    """The classic GPT by default; each switch swaps one part for a newer one (see the README's ablation)."""
 
-    def __init__(self, vocab_size, block_size, n_layer, n_head, n_embd, dropout=0.0):
+    def __init__(self, vocab_size, block_size, n_layer, n_head, n_embd, dropout=0.0,
+                 rope=False, rmsnorm=False, qk_norm=False, relu2=False, tie_weights=True):
         super().__init__()
         self.block_size = block_size
         self.wte = nn.Embedding(vocab_size, n_embd)  # token embeddings
-        self.wpe = nn.Embedding(block_size, n_embd)  # learned position embeddings
+        if rope:  # positions as rotations of queries and keys, not a table added to the input
+            hs = n_embd // n_head
+            angles = torch.outer(torch.arange(block_size), 10000.0 ** (-torch.arange(0, hs, 2) / hs))  # (T, hs/2)
+            self.register_buffer('rope_cos', angles.cos(), persistent=False)
+            self.register_buffer('rope_sin', angles.sin(), persistent=False)
+        else:
+            self.wpe = nn.Embedding(block_size, n_embd)  # learned position embeddings
+        self.rope = rope
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(n_embd, n_head, dropout) for _ in range(n_layer))
-        self.ln_f = nn.LayerNorm(n_embd)
+        self.blocks = nn.ModuleList(Block(n_embd, n_head, dropout, rmsnorm, qk_norm, relu2) for _ in range(n_layer))
+        self.ln_f = nn.RMSNorm(n_embd) if rmsnorm else nn.LayerNorm(n_embd)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # weight tying: one matrix reads and writes tokens
+        if tie_weights:
+            self.lm_head.weight = self.wte.weight  # one matrix reads and writes tokens
         # nanoGPT's init: N(0, 0.02), with the projections into the residual stream scaled down by depth
         for name, p in self.named_parameters():
             if p.dim() >= 2:
@@ -242,10 +280,15 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, cache=None):
         B, T = idx.size()
         start = cache.pos if cache is not None else 0
-        pos = torch.arange(start, start + T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if self.rope:
+            rope = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        else:
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+        x = self.drop(x)
         for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer)
+            x = block(x, rope, cache, layer)
         x = self.ln_f(x)
         if cache is not None:
             cache.pos += T
@@ -272,12 +315,42 @@ class GPT(nn.Module):
                     keep = idx.size(1) if cache is None and idx.size(1) <= self.block_size else self.block_size // 2
                     attn = self.blocks[0].attn
                     cache = KVCache(len(self.blocks), idx.size(0), attn.n_head, self.block_size,
-                                    self.wte.embedding_dim // attn.n_head, idx.device, self.wte.weight.dtype)
+                                    attn.c_proj.in_features // attn.n_head, idx.device, self.wte.weight.dtype)
                     fed = idx.size(1) - keep
                 logits, _ = self(idx[:, fed:], cache=cache)
                 fed = idx.size(1)
             idx = torch.cat((idx, sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)), dim=1)
         return idx
+
+
+def newton_schulz(G, steps=5):
+    """The nearest semi-orthogonal matrix to G, approximately: all singular values pushed towards 1."""
+    a, b, c = 3.4445, -4.7750, 2.0315  # a quintic iteration tuned to converge fast (Keller Jordan's Muon)
+    X = G / (G.norm() + 1e-7)  # singular values now <= 1
+    if G.size(0) > G.size(1):
+        X = X.T  # iterate on the wide side: X @ X.T is the smaller product
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.T if G.size(0) > G.size(1) else X
+
+
+class Muon(torch.optim.Optimizer):
+    """Momentum, then orthogonalize the update: every direction of a weight matrix moves at the same rate."""
+
+    def __init__(self, params, lr=0.02, momentum=0.95):
+        super().__init__(params, dict(lr=lr, momentum=momentum))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group['params']:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault('momentum_buffer', torch.zeros_like(p))
+                buf.lerp_(p.grad, 1 - group['momentum'])
+                update = newton_schulz(p.grad.lerp(buf, group['momentum']))  # Nesterov momentum
+                p.add_(update.to(p.dtype), alpha=-group['lr'] * max(1.0, p.size(0) / p.size(1)) ** 0.5)
 
 
 def sample_next(logits, temperature, top_k=0, top_p=1.0, generator=None):
@@ -306,7 +379,7 @@ def save_checkpoint(path, ckpt):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, model_type, chars):
+def load_checkpoint(path, model_type, chars, check_vocab=True):
     """A checkpoint as plain data (weights_only: no pickled code runs), checked against the dataset."""
     if not os.path.exists(path):
         die(f"no checkpoint at {path}; train first (init_from='scratch')")
@@ -321,7 +394,7 @@ def load_checkpoint(path, model_type, chars):
         die(f"{path} is not a loadable checkpoint: truncated or not a torch file ({type(e).__name__})")
     if not isinstance(ckpt, dict) or ckpt.get('model_type') != model_type:
         die(f"{path} is not a {model_type} checkpoint")
-    if ckpt['chars'] != chars:
+    if check_vocab and ckpt['chars'] != chars:
         die(f"{path} was trained on another vocabulary ({len(ckpt['chars'])} chars) "
             f"than dataset '{dataset}' ({len(chars)} chars)")
     return ckpt
@@ -349,6 +422,9 @@ def check_config(n_train, n_val):
         (prompt != '', "prompt must not be empty (the default is a newline)"),
         (dtype in ('auto', 'float32', 'bfloat16', 'float16'), f"dtype must be auto, float32, bfloat16 or float16"),
         (str(compile).lower() in ('auto', 'true', 'false'), f"compile must be auto, true or false, not '{compile}'"),
+        (optimizer in ('adamw', 'muon'), f"optimizer must be 'adamw' or 'muon', not '{optimizer}'"),
+        (schedule in ('cosine', 'wsd'), f"schedule must be 'cosine' or 'wsd', not '{schedule}'"),
+        (not rope or (n_embd // n_head) % 2 == 0, f"rope needs an even head size, not {n_embd // max(n_head, 1)}"),
     ]
     for ok, msg in problems:
         if not ok:
@@ -389,8 +465,8 @@ def main():
     ckpt_path = os.path.join(ROOT, out_dir, 'ckpt.pt')
     torch.manual_seed(seed + rank)  # dropout differs between processes; the batches come from data_rng
     data_rng = torch.Generator().manual_seed(seed)  # the same on every process: it draws the global batch
-    model_args = dict(vocab_size=len(chars), block_size=block_size, n_layer=n_layer, n_head=n_head,
-                      n_embd=n_embd, dropout=dropout)
+    model_args = dict(vocab_size=len(chars), block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                      dropout=dropout, rope=rope, rmsnorm=rmsnorm, qk_norm=qk_norm, relu2=relu2, tie_weights=tie_weights)
     iter_num, best_val_loss, ckpt = 0, math.inf, None
     if init_from == 'resume':
         ckpt = load_checkpoint(ckpt_path, 'gpt', chars)
@@ -402,20 +478,30 @@ def main():
     raw_model = GPT(**model_args).to(dev)
     log(f"model: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters, {model_args}")
 
-    decay = [p for p in raw_model.parameters() if p.dim() >= 2]  # weight decay on matrices only
-    no_decay = [p for p in raw_model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay},
-                                   {'params': no_decay, 'weight_decay': 0.0}],
-                                  lr=learning_rate, betas=(beta1, beta2), fused=dev_type == 'cuda')
+    params = dict(raw_model.named_parameters())
+    hidden = [p for n, p in params.items() if p.dim() >= 2 and n.startswith('blocks.') and optimizer == 'muon']
+    decay = [p for p in params.values() if p.dim() >= 2 and not any(p is h for h in hidden)]  # matrices only
+    no_decay = [p for p in params.values() if p.dim() < 2]
+    optimizers = [torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay},
+                                     {'params': no_decay, 'weight_decay': 0.0}],
+                                    lr=learning_rate, betas=(beta1, beta2), fused=dev_type == 'cuda')]
+    if hidden:
+        optimizers.append(Muon(hidden, lr=muon_lr))
     if ckpt is not None:
         raw_model.load_state_dict(ckpt['model'])
-        optimizer.load_state_dict(ckpt['optimizer'])
+        if len(ckpt['optimizer']) != len(optimizers):
+            die(f"{ckpt_path} was trained with optimizer='{ckpt['config']['optimizer']}'; resume with the same")
+        for opt, state in zip(optimizers, ckpt['optimizer']):
+            opt.load_state_dict(state)
         data_rng.set_state(ckpt['rng']['data'])
         if master:  # after the model is built, whose init draws from the same generator
             torch.set_rng_state(ckpt['rng']['torch'])
         log(f"resumed from {ckpt_path} at step {iter_num}")
     elif master and os.path.exists(ckpt_path):
         print(f"note: this run will overwrite {ckpt_path} (resume it with --init_from=resume)")
+    for opt, base_lr in zip(optimizers, (learning_rate, muon_lr)):
+        for group in opt.param_groups:
+            group['base_lr'] = base_lr  # the schedule scales every group by lr / learning_rate
     model = raw_model
     if str(compile).lower() == 'true' or (str(compile).lower() == 'auto' and dev_type == 'cuda'):
         try:
@@ -427,9 +513,11 @@ def main():
     train_model = DDP(model, device_ids=[local_rank] if dev_type == 'cuda' else None) if ddp else model
 
     def checkpoint():
+        if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
+            die(f"the weights are not finite at step {iter_num}; not saved, {ckpt_path} keeps the last good state")
         os.makedirs(os.path.dirname(ckpt_path), exist_ok=True)
         save_checkpoint(ckpt_path, {
-            'model_type': 'gpt', 'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(),
+            'model_type': 'gpt', 'model': raw_model.state_dict(), 'optimizer': [o.state_dict() for o in optimizers],
             'model_args': model_args, 'iter_num': iter_num, 'best_val_loss': best_val_loss,
             'config': config, 'chars': chars, 'rng': {'torch': torch.get_rng_state(), 'data': data_rng.get_state()}})
 
@@ -461,17 +549,24 @@ def main():
             with open(csv_path, 'a') as f:
                 f.write(f"{kind},{iter_num},{iter_num * tokens_per_iter},{train_time:.3f},{lr:.6g},{train_loss:.6f},{val_loss}\n")
 
+    def agree(*values):
+        """The largest of each value over all processes, so that they all decide the same."""
+        t = torch.tensor(values, dtype=torch.float64, device=dev)
+        if ddp:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.tolist()
+
     t0 = time.time()
     while True:
-        # every process agrees on when to stop: the step count, the time budget, a signal on any of them
-        flags = torch.tensor([float(stop['signal']), time.time() - t_start])
-        if ddp:
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        signum, train_time = int(flags[0]), float(flags[1])
+        # stop on the step count, the time budget, or a signal to any process
+        signum, train_time = agree(stop['signal'], time.time() - t_start)
+        signum = int(signum)
         last_step = iter_num >= max_iters or (max_time > 0 and train_time >= max_time) or signum
         if (iter_num % eval_interval == 0 or last_step) and not (init_from == 'resume' and iter_num == start_iter) and not signum:
             losses = estimate_loss(model, {'train': train_data, 'val': val_data}, batch_size, block_size, eval_iters, dev, ctx)
             log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            if not math.isfinite(losses['train'] + losses['val']):
+                die(f"the loss is not finite at step {iter_num}; not saved, {ckpt_path} keeps the last good state")
             best_val_loss = min(best_val_loss, losses['val'])
             write_csv('eval', losses['train'], f"{losses['val']:.6f}")
             if master and iter_num > 0:
@@ -480,7 +575,10 @@ def main():
         if signum:
             if master and iter_num > start_iter:
                 checkpoint()
-            log(f"{signal.Signals(signum).name} at step {iter_num}: saved {ckpt_path}; continue with --init_from=resume")
+            log(f"{signal.Signals(signum).name} at step {iter_num}: saved {ckpt_path}; "
+                f"continue with the same command and --init_from=resume")
+            if ddp:
+                dist.destroy_process_group()
             sys.exit(128 + signum)
         if last_step:
             break
@@ -488,9 +586,10 @@ def main():
         # how far the decay has gone: by steps after warmup, or by time used, whichever is further
         progress = max((iter_num - warmup_iters) / max(decay_iters - warmup_iters, 1),
                        train_time / max_time if max_time > 0 else 0.0)
-        lr = get_lr(iter_num, progress, learning_rate, min_lr, warmup_iters)
-        for group in optimizer.param_groups:
-            group['lr'] = lr
+        lr = get_lr(iter_num, progress, learning_rate, min_lr, warmup_iters, schedule)
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group['lr'] = group['base_lr'] * lr / learning_rate
         # the global batch: world_size x gradient_accumulation_steps micro-batches, drawn alike everywhere
         ix = torch.randint(len(train_data) - block_size, (world_size * gradient_accumulation_steps, batch_size),
                            generator=data_rng)
@@ -501,22 +600,25 @@ def main():
             with ctx:
                 _, loss = train_model(x, y)
             scaler.scale(loss / gradient_accumulation_steps).backward()
-        if not math.isfinite(loss.item()):
-            die(f"the loss is {loss.item()} at step {iter_num}; stopped without saving, the last good "
-                f"checkpoint is kept. Try a lower learning_rate or grad_clip")
+        if agree(not math.isfinite(loss.item()))[0]:
+            die(f"the loss is not finite at step {iter_num}; stopped, and {ckpt_path} keeps the last good "
+                f"state. Try a lower learning_rate")
         if grad_clip > 0:
-            scaler.unscale_(optimizer)
+            for opt in optimizers:
+                scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
-        scaler.step(optimizer)
+        for opt in optimizers:
+            scaler.step(opt)
+            opt.zero_grad(set_to_none=True)
         scaler.update()
-        optimizer.zero_grad(set_to_none=True)
         iter_num += 1
 
         if iter_num % log_interval == 0 and master:
             dt = (time.time() - t0) / log_interval
             t0 = time.time()
-            left = max_iters - iter_num if max_time == 0 else min(max_iters - iter_num, max_time - train_time)
-            eta = left * dt if max_time == 0 else min(left * dt, max_time - train_time)
+            eta = (max_iters - iter_num) * dt
+            if max_time > 0:
+                eta = min(eta, max_time - (time.time() - t_start))
             mfu = f", mfu {100 * flops_per_iter / dt / peak_flops:.1f}%" if peak_flops else ''
             print(f"iter {iter_num}: loss {loss.item():.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
                   f"{tokens_per_iter / dt:,.0f} tok/s{mfu}, eta {eta:.0f}s")
@@ -530,6 +632,8 @@ def main():
         return
     if iter_num > start_iter:
         print(f"trained {iter_num - start_iter} steps in {train_time:.1f}s; saved {ckpt_path}")
+        if dev_type == 'cuda':
+            print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB")
         print(f"whole-split val loss {full_val_loss(raw_model, val_data, block_size, dev, ctx=ctx):.4f} "
               f"({len(val_data) - 1:,} predictions)")
     raw_model.eval()

@@ -1,0 +1,89 @@
+"""
+Benchmark any gpt.py config: training speed, MFU, val loss after a fixed wall-clock budget,
+generation speed with and without the KV cache, and peak memory. Prints a table.
+
+    python bench.py                                   # gpt.py's defaults, 60 s of training
+    python bench.py config/lecture_gpu.py --device=cuda --budget=120
+    python bench.py config/lecture_gpu.py --train=false --device=cpu   # generation only
+
+Training runs the real gpt.py in a subprocess with --max_time=budget; generation times
+GPT.generate in this process. A benchmark measures; it is never a test.
+"""
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+import gpt
+from configurator import configure, knobs
+
+# -----------------------------------------------------------------------------
+budget = 60.0  # seconds of training
+train = True  # False: only time generation (random weights)
+gen_tokens = 500  # tokens per generation timing
+gen_repeats = 3  # timings per setting; the median is reported
+# -----------------------------------------------------------------------------
+
+
+def main(gpt_args):
+    rows = []
+    dev = gpt.pick_device(gpt.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        if train:
+            cmd = [sys.executable, os.path.join(gpt.ROOT, 'gpt.py'), *gpt_args, f'--max_time={budget}',
+                   '--max_iters=1000000000', f'--out_dir={tmp}', '--max_new_tokens=0']
+            print('running:', ' '.join(cmd[1:]), flush=True)
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                sys.exit(f"bench: gpt.py failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+            speed = [float(x.replace(',', '')) for x in re.findall(r'([\d,]+) tok/s', r.stdout)][1:] or [0.0]
+            mfu = [float(x) for x in re.findall(r'mfu ([\d.]+)%', r.stdout)][1:]
+            steps = re.search(r'trained (\d+) steps in ([\d.]+)s', r.stdout)
+            rows += [('training tokens/s (median of progress lines)', f"{statistics.median(speed):,.0f}"),
+                     ('estimated MFU', f"{statistics.median(mfu):.1f}%" if mfu else 'n/a (peak FLOP/s unknown)'),
+                     ('optimizer steps in the budget', f"{steps.group(1)} in {steps.group(2)} s"),
+                     ('whole-split val loss after the budget', re.search(r'whole-split val loss ([\d.]+)', r.stdout).group(1)),
+                     ('peak host memory (RSS) of training', f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB")]
+            gpu_mem = re.search(r'peak GPU memory ([\d,]+) MiB', r.stdout)
+            if gpu_mem:
+                rows.append(('peak GPU memory of training', f"{gpu_mem.group(1)} MiB"))
+            ckpt = gpt.load_checkpoint(os.path.join(tmp, 'ckpt.pt'), 'gpt', None, check_vocab=False)
+            model_args = ckpt['model_args']
+        else:
+            model_args = dict(vocab_size=65, block_size=gpt.block_size, n_layer=gpt.n_layer, n_head=gpt.n_head,
+                              n_embd=gpt.n_embd, dropout=0.0)
+    model = gpt.GPT(**model_args).to(dev).eval()
+    if train:
+        model.load_state_dict(ckpt['model'])
+    prompt = torch.zeros((1, 1), dtype=torch.long, device=dev)
+    times = {True: [], False: []}
+    for _ in range(gen_repeats):
+        for cache in (True, False):  # interleaved, so that both see the same machine state
+            t0 = time.perf_counter()
+            model.generate(prompt, gen_tokens, 1.0, kv_cache=cache, generator=torch.Generator(dev).manual_seed(0))
+            if dev.startswith('cuda'):
+                torch.cuda.synchronize()
+            times[cache].append(time.perf_counter() - t0)
+    cached, uncached = (gen_tokens / statistics.median(times[c]) for c in (True, False))
+    rows += [(f'generation tokens/s, KV cache ({gen_tokens} tokens, batch 1)', f"{cached:,.0f}"),
+             ('generation tokens/s, no cache', f"{uncached:,.0f}"),
+             ('KV cache speed-up', f"{cached / uncached:.1f}x")]
+    print(f"\nbench: {model_args}, device {dev}, torch {torch.__version__}")
+    print('| measure | value |\n|---|---|')
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+
+
+if __name__ == '__main__':
+    # bench.py's own knobs first; everything else is a gpt.py knob, passed on to it
+    own = [a for a in sys.argv[1:] if a.split('=')[0].lstrip('-') in knobs(globals())]
+    rest = [a for a in sys.argv[1:] if a not in own]
+    configure(globals(), own)
+    configure(vars(gpt), rest)
+    main(rest)

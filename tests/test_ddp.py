@@ -1,0 +1,55 @@
+"""The same gpt.py under torchrun: 2 CPU processes with gloo."""
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import torch
+
+from conftest import run
+from test_gpt_script import TINY, val_lines
+
+TORCHRUN = ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
+ENV = {'OMP_NUM_THREADS': '1'}
+
+
+def test_two_processes_train_log_once_and_save_once(proj):
+    r = run(proj, *TORCHRUN, 'gpt.py', *TINY, '--device=cpu', '--max_iters=20', env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [l.split(':')[0] for l in val_lines(r.stdout)] == ['step 0', 'step 10', 'step 20']
+    assert 'x processes 2' in r.stdout and r.stdout.count('whole-split val loss') == 1
+    assert os.listdir(proj / 'out') == ['ckpt.pt', 'log.csv'] or sorted(os.listdir(proj / 'out')) == ['ckpt.pt', 'log.csv']
+    # resume under DDP
+    r = run(proj, *TORCHRUN, 'gpt.py', *TINY, '--device=cpu', '--max_iters=30', '--init_from=resume', env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [l.split(':')[0] for l in val_lines(r.stdout)] == ['step 30']
+
+
+def test_accumulation_equals_data_parallel(proj):
+    """One process accumulating 2 micro-batches trains the same model as 2 processes with 1 each."""
+    args = [*TINY, '--device=cpu', '--max_iters=15', '--dropout=0']
+    single = run(proj, 'gpt.py', *args, '--gradient_accumulation_steps=2', '--out_dir=single', env=ENV)
+    ddp = run(proj, *TORCHRUN, 'gpt.py', *args, '--out_dir=ddp', env=ENV)
+    assert single.returncode == 0 and ddp.returncode == 0, single.stderr + ddp.stderr[-3000:]
+    a, b = (torch.load(proj / d / 'ckpt.pt', weights_only=True)['model'] for d in ('single', 'ddp'))
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5, rtol=1e-4), name
+    assert 'tokens per optimizer step: 256' in single.stdout and 'tokens per optimizer step: 256' in ddp.stdout
+
+
+def test_ctrl_c_stops_every_rank(proj):
+    proc = subprocess.Popen([sys.executable, *TORCHRUN, 'gpt.py', *TINY, '--device=cpu', '--max_iters=1000000',
+                             '--log_interval=1'], cwd=proj, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **ENV, 'PYTHONUNBUFFERED': '1'}, start_new_session=True)
+    out = ''
+    for line in proc.stdout:
+        out += line
+        if line.startswith('iter 5:'):
+            break
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: every process in the group
+    rest, err = proc.communicate(timeout=120)
+    out += rest
+    assert proc.returncode != 0
+    step = int(re.search(r'SIGINT at step (\d+): saved', out).group(1))
+    assert torch.load(proj / 'out' / 'ckpt.pt', weights_only=True)['iter_num'] == step
