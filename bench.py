@@ -28,6 +28,7 @@ budget = 60.0  # seconds of training
 train = True  # False: only time generation (random weights)
 gen_tokens = 500  # tokens per generation timing
 gen_repeats = 3  # timings per setting; the median is reported
+peak_flops = 0.0  # your device's peak FLOP/s, for an MFU estimate where gpt.py knows none (CPUs)
 # -----------------------------------------------------------------------------
 
 
@@ -45,19 +46,25 @@ def main(gpt_args):
             speed = [float(x.replace(',', '')) for x in re.findall(r'([\d,]+) tok/s', r.stdout)][1:] or [0.0]
             mfu = [float(x) for x in re.findall(r'mfu ([\d.]+)%', r.stdout)][1:]
             steps = re.search(r'trained (\d+) steps in ([\d.]+)s', r.stdout)
-            rows += [('training tokens/s (median of progress lines)', f"{statistics.median(speed):,.0f}"),
-                     ('estimated MFU', f"{statistics.median(mfu):.1f}%" if mfu else 'n/a (peak FLOP/s unknown)'),
+            ckpt = gpt.load_checkpoint(os.path.join(tmp, 'ckpt.pt'), 'gpt', None, check_vocab=False)
+            model_args, tok_s = ckpt['model_args'], statistics.median(speed)
+            n_params = sum(v.numel() for k, v in ckpt['model'].items() if k != 'lm_head.weight' or not model_args['tie_weights'])
+            flops = tok_s * (6 * n_params + 12 * model_args['n_layer'] * model_args['n_embd'] * model_args['block_size'])
+            if not mfu and peak_flops:
+                mfu = [100 * flops / peak_flops]
+            rows += [('training tokens/s (median of progress lines)', f"{tok_s:,.0f}"),
+                     ('achieved training FLOP/s (6N + 12LCT per token)', f"{flops / 1e9:,.1f} GFLOP/s"),
+                     ('estimated MFU', f"{statistics.median(mfu):.1f}%" if mfu else 'n/a (give --peak_flops=)'),
                      ('optimizer steps in the budget', f"{steps.group(1)} in {steps.group(2)} s"),
                      ('whole-split val loss after the budget', re.search(r'whole-split val loss ([\d.]+)', r.stdout).group(1)),
-                     ('peak host memory (RSS) of training', f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB")]
+                     ('peak host memory (RSS) of training', f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MiB")]
             gpu_mem = re.search(r'peak GPU memory ([\d,]+) MiB', r.stdout)
             if gpu_mem:
                 rows.append(('peak GPU memory of training', f"{gpu_mem.group(1)} MiB"))
-            ckpt = gpt.load_checkpoint(os.path.join(tmp, 'ckpt.pt'), 'gpt', None, check_vocab=False)
-            model_args = ckpt['model_args']
         else:
             model_args = dict(vocab_size=65, block_size=gpt.block_size, n_layer=gpt.n_layer, n_head=gpt.n_head,
-                              n_embd=gpt.n_embd, dropout=0.0)
+                              n_embd=gpt.n_embd, rope=gpt.rope, rmsnorm=gpt.rmsnorm, qk_norm=gpt.qk_norm,
+                              relu2=gpt.relu2, tie_weights=gpt.tie_weights)
     model = gpt.GPT(**model_args).to(dev).eval()
     if train:
         model.load_state_dict(ckpt['model'])

@@ -39,18 +39,18 @@ n_embd = 128
 block_size = 64  # the longest context the model sees
 dropout = 0.0
 # newer parts, each one switch (config/classic.py turns them all off for the classic GPT)
-rope = False  # rotary position embeddings instead of a learned position table
-rmsnorm = False  # RMSNorm instead of LayerNorm
-qk_norm = False  # normalize queries and keys before attention
+rope = True  # rotary position embeddings instead of a learned position table
+rmsnorm = True  # RMSNorm instead of LayerNorm
+qk_norm = True  # normalize queries and keys before attention
 relu2 = False  # ReLU squared instead of GELU in the MLP
 tie_weights = True  # the output head shares the token embedding matrix
 # training
-optimizer = 'adamw'  # 'adamw', or 'muon': Muon for the blocks' matrices, AdamW for the rest
+optimizer = 'muon'  # 'muon': Muon for the blocks' matrices, AdamW for the rest; or 'adamw' for all
 muon_lr = 0.02  # Muon's peak rate (scaled by the same schedule)
-schedule = 'cosine'  # 'cosine' decay after warmup, or 'wsd': warmup, stable, then a linear decay
-batch_size = 32  # sequences per micro-step, per process
-gradient_accumulation_steps = 1  # micro-steps per optimizer step
-max_iters = 2000  # optimizer steps
+schedule = 'wsd'  # 'wsd': warmup, stable, then a linear decay; or 'cosine' decay after warmup
+batch_size = 8  # sequences per micro-step, per process
+gradient_accumulation_steps = 2  # micro-steps per optimizer step: half the activation memory
+max_iters = 2500  # optimizer steps
 max_time = 0.0  # seconds of training; 0 means no limit. Whichever of the two ends first ends training
 learning_rate = 2e-3  # peak rate, after warmup
 min_lr = 2e-4  # the cosine decay ends here
@@ -61,7 +61,7 @@ beta1 = 0.9
 beta2 = 0.99
 grad_clip = 1.0  # clip the gradient norm to this; 0 disables
 eval_interval = 250  # estimate the loss (and save) every this many steps
-eval_iters = 50  # batches per loss estimate
+eval_iters = 20  # batches per loss estimate
 log_interval = 50  # a progress line every this many steps
 # sampling, after training
 prompt = '\n'  # sampling starts from this text
@@ -496,6 +496,8 @@ def main():
         data_rng.set_state(ckpt['rng']['data'])
         if master:  # after the model is built, whose init draws from the same generator
             torch.set_rng_state(ckpt['rng']['torch'])
+            if dev_type == 'cuda' and ckpt['rng'].get('cuda') is not None:
+                torch.cuda.set_rng_state(ckpt['rng']['cuda'])
         log(f"resumed from {ckpt_path} at step {iter_num}")
     elif master and os.path.exists(ckpt_path):
         print(f"note: this run will overwrite {ckpt_path} (resume it with --init_from=resume)")
@@ -504,9 +506,10 @@ def main():
             group['base_lr'] = base_lr  # the schedule scales every group by lr / learning_rate
     model = raw_model
     if str(compile).lower() == 'true' or (str(compile).lower() == 'auto' and dev_type == 'cuda'):
-        try:
+        try:  # compile now, on one batch, so that a failure shows here; the RNG is left as it was
             model = torch.compile(raw_model)
-            model(*get_batch(train_data, torch.zeros(batch_size, dtype=torch.long), block_size, dev))
+            with torch.random.fork_rng(devices=[dev] if dev_type == 'cuda' else []), ctx:
+                model(*get_batch(train_data, torch.zeros(batch_size, dtype=torch.long), block_size, dev))
         except Exception as e:
             log(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:100]}); running eagerly")
             model = raw_model
@@ -519,7 +522,8 @@ def main():
         save_checkpoint(ckpt_path, {
             'model_type': 'gpt', 'model': raw_model.state_dict(), 'optimizer': [o.state_dict() for o in optimizers],
             'model_args': model_args, 'iter_num': iter_num, 'best_val_loss': best_val_loss,
-            'config': config, 'chars': chars, 'rng': {'torch': torch.get_rng_state(), 'data': data_rng.get_state()}})
+            'config': config, 'chars': chars, 'rng': {'torch': torch.get_rng_state(), 'data': data_rng.get_state(),
+                                                      'cuda': torch.cuda.get_rng_state() if dev_type == 'cuda' else None}})
 
     # Ctrl-C or SIGTERM: finish the current step, save it, say how to resume, exit non-zero
     stop = {'signal': 0}
@@ -575,9 +579,11 @@ def main():
         if signum:
             if master and iter_num > start_iter:
                 checkpoint()
-            log(f"{signal.Signals(signum).name} at step {iter_num}: saved {ckpt_path}; "
+            log(f"{signal.Signals(signum).name} at step {iter_num}: "
+                f"{'saved ' + ckpt_path if iter_num > start_iter else 'nothing new to save'}; "
                 f"continue with the same command and --init_from=resume")
             if ddp:
+                dist.barrier()
                 dist.destroy_process_group()
             sys.exit(128 + signum)
         if last_step:
@@ -627,6 +633,7 @@ def main():
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_DFL)
     if ddp:
+        dist.barrier()  # leave together: no process exits while another still talks to it
         dist.destroy_process_group()
     if not master:
         return
@@ -634,7 +641,7 @@ def main():
         print(f"trained {iter_num - start_iter} steps in {train_time:.1f}s; saved {ckpt_path}")
         if dev_type == 'cuda':
             print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB")
-        print(f"whole-split val loss {full_val_loss(raw_model, val_data, block_size, dev, ctx=ctx):.4f} "
+        print(f"whole-split val loss {full_val_loss(raw_model, val_data, block_size, dev, batch_size, ctx):.4f} "
               f"({len(val_data) - 1:,} predictions)")
     raw_model.eval()
     g = torch.Generator(device=dev).manual_seed(seed)

@@ -2,13 +2,14 @@
 import os
 import pickle
 import re
+import shutil
 
 import pytest
 import torch
 
-from conftest import one_line_error, run
+from conftest import REPO, one_line_error, run
 
-TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=8', '--eval_iters=4',
+TINY = ['--gradient_accumulation_steps=1', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=8', '--eval_iters=4',
         '--eval_interval=10', '--log_interval=5', '--warmup_iters=5', '--max_new_tokens=30', '--compile=false']
 
 
@@ -121,3 +122,35 @@ def test_vocabulary_mismatch_is_refused(trained, tmp_path):
     before = (proj / 'out' / 'ckpt.pt').read_bytes()
     assert 'another vocabulary' in one_line_error(run(proj, 'gpt.py', *TINY, '--init_from=resume', '--max_iters=30'))
     assert (proj / 'out' / 'ckpt.pt').read_bytes() == before
+
+
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
+def test_mixed_precision_paths_run_on_cpu(proj, dtype):
+    # the GPU's autocast and (for float16) GradScaler code, exercised on the CPU
+    r = run(proj, 'gpt.py', *TINY, '--max_iters=10', f'--dtype={dtype}', '--optimizer=muon')
+    assert r.returncode == 0, r.stderr
+    assert f'dtype: {dtype} (as asked)' in r.stdout
+    assert float(re.search(r'whole-split val loss ([\d.]+)', r.stdout).group(1)) < 4.5
+
+
+def test_modern_switches_train_and_resume(proj):
+    modern = ['--optimizer=muon', '--schedule=wsd', '--rope=true', '--rmsnorm=true', '--qk_norm=true',
+              '--relu2=true', '--tie_weights=false', '--lr_decay_iters=40', '--dropout=0.1']
+    first = run(proj, 'gpt.py', *TINY, *modern, '--max_iters=20')
+    resumed = run(proj, 'gpt.py', *TINY, *modern, '--max_iters=40', '--init_from=resume')
+    straight = run(proj, 'gpt.py', *TINY, *modern, '--max_iters=40', '--out_dir=straight')
+    assert all(r.returncode == 0 for r in (first, resumed, straight)), first.stderr + resumed.stderr
+    assert val_lines(resumed.stdout)[-1] == val_lines(straight.stdout)[-1]
+    assert 'trained with optimizer' in one_line_error(
+        run(proj, 'gpt.py', *TINY, '--optimizer=adamw', '--max_iters=50', '--init_from=resume'))
+
+
+def test_classic_config_file(proj):
+    shutil.copytree(os.path.join(REPO, 'config'), proj / 'config')
+    r = run(proj, 'gpt.py', 'config/classic.py', *TINY, '--max_iters=10')
+    assert r.returncode == 0, r.stderr
+    ckpt = torch.load(proj / 'out' / 'ckpt.pt', weights_only=True)
+    assert not ckpt['model_args']['rope'] and 'wpe.weight' in ckpt['model'] and len(ckpt['optimizer']) == 1
+    for cfg in os.listdir(proj / 'config'):  # every shipped config file names only real knobs
+        r = run(proj, 'gpt.py', f'config/{cfg}', '--max_iters=0', '--device=cpu', '--dataset=nothing')
+        assert 'run: python prepare.py' in one_line_error(r), cfg
