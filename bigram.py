@@ -85,9 +85,11 @@ def estimate_loss(model, splits, batch_size, block_size, eval_iters, device):
     out = {}
     for name, data in splits.items():
         g = torch.Generator().manual_seed(0)
-        losses = [model(*get_batch(data, torch.randint(len(data) - block_size, (batch_size,), generator=g),
-                                   block_size, device))[1].item() for _ in range(eval_iters)]
-        out[name] = sum(losses) / len(losses)
+        losses = torch.zeros(eval_iters)
+        for k in range(eval_iters):
+            ix = torch.randint(len(data) - block_size, (batch_size,), generator=g)
+            losses[k] = model(*get_batch(data, ix, block_size, device))[1].item()
+        out[name] = losses.mean().item()
     model.train()
     return out
 

@@ -54,8 +54,12 @@ def download(url, path, sha256, timeout):
     try:
         r = requests.get(url, timeout=timeout)
         r.raise_for_status()
+    except requests.Timeout:
+        die(f"download failed: no answer within {timeout:g} s (Timeout); {hint}")
+    except requests.HTTPError as e:
+        die(f"download failed: HTTP {e.response.status_code} (HTTPError); {hint}")
     except requests.RequestException as e:
-        die(f"download failed ({type(e).__name__}: {str(e)[:200]}); {hint}")
+        die(f"download failed: could not reach {url} ({type(e).__name__}); {hint}")
     if sha256 and hashlib.sha256(r.content).hexdigest() != sha256:
         die(f"download from {url} has the wrong sha256 ({len(r.content)} bytes), not saved; {hint}")
     write_atomic(path, r.content)

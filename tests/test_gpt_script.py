@@ -154,3 +154,13 @@ def test_classic_config_file(proj):
     for cfg in os.listdir(proj / 'config'):  # every shipped config file names only real knobs
         r = run(proj, 'gpt.py', f'config/{cfg}', '--max_iters=0', '--device=cpu', '--dataset=nothing')
         assert 'run: python prepare.py' in one_line_error(r), cfg
+
+
+def test_compile_path_on_cpu(proj):
+    # CUDA's default (compile=auto) exercised on the CPU: it trains, and the checkpoint holds the
+    # uncompiled module's keys, so it loads without torch.compile
+    r = run(proj, 'gpt.py', *TINY, '--max_iters=10', '--compile=true')
+    assert r.returncode == 0, r.stderr
+    ckpt = torch.load(proj / 'out' / 'ckpt.pt', weights_only=True)
+    assert not any(k.startswith('_orig_mod') for k in ckpt['model'])
+    assert run(proj, 'gpt.py', '--init_from=resume', '--max_iters=0', '--max_new_tokens=5').returncode == 0
