@@ -533,8 +533,9 @@ def main():
         signal.signal(s, on_signal)
 
     tokens_per_iter = batch_size * block_size * gradient_accumulation_steps * world_size
-    log(f"tokens per optimizer step: {tokens_per_iter:,} = batch_size {batch_size} x block_size {block_size}"
-        f" x gradient_accumulation_steps {gradient_accumulation_steps} x processes {world_size}")
+    if iter_num < max_iters:
+        log(f"tokens per optimizer step: {tokens_per_iter:,} = batch_size {batch_size} x block_size {block_size}"
+            f" x gradient_accumulation_steps {gradient_accumulation_steps} x processes {world_size}")
     n_params = sum(p.numel() for p in raw_model.parameters())
     flops_per_iter = (6 * n_params + 12 * n_layer * n_embd * block_size) * tokens_per_iter  # fwd + bwd
     peak = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}  # dense bf16 FLOP/s
