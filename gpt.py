@@ -556,9 +556,10 @@ def main():
 
     def agree(*values):
         """The largest of each value over all processes, so that they all decide the same."""
+        if not ddp:
+            return [float(v) for v in values]
         t = torch.tensor(values, dtype=torch.float64, device=dev)
-        if ddp:
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return t.tolist()
 
     t0 = time.time()
