@@ -494,10 +494,10 @@ def main():
         for opt, state in zip(optimizers, ckpt['optimizer']):
             opt.load_state_dict(state)
         data_rng.set_state(ckpt['rng']['data'])
-        if master:  # after the model is built, whose init draws from the same generator
-            torch.set_rng_state(ckpt['rng']['torch'])
+        if rank < len(ckpt['rng']['torch']):  # after the model is built, whose init draws from the same generator
+            torch.set_rng_state(ckpt['rng']['torch'][rank].clone())  # a row per process: its dropout stream
             if dev_type == 'cuda' and ckpt['rng'].get('cuda') is not None:
-                torch.cuda.set_rng_state(ckpt['rng']['cuda'])
+                torch.cuda.set_rng_state(ckpt['rng']['cuda'][rank].clone())
         log(f"resumed from {ckpt_path} at step {iter_num}")
     elif master and os.path.exists(ckpt_path):
         print(f"note: this run will overwrite {ckpt_path} (resume it with --init_from=resume)")
@@ -515,15 +515,26 @@ def main():
             model = raw_model
     train_model = DDP(model, device_ids=[local_rank] if dev_type == 'cuda' else None) if ddp else model
 
+    def every_rank(state):
+        """One process's RNG state, stacked with every other process's (rows in rank order)."""
+        if not ddp:
+            return state[None]
+        rows = [torch.empty_like(state, device=dev) for _ in range(world_size)]
+        dist.all_gather(rows, state.to(dev))  # NCCL gathers only GPU tensors
+        return torch.stack(rows).cpu()
+
     def checkpoint():
+        """Every process calls this: each one's RNG state goes in; process 0 writes the file."""
         if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
             die(f"the weights are not finite at step {iter_num}; not saved, {ckpt_path} keeps the last good state")
-        os.makedirs(os.path.dirname(ckpt_path), exist_ok=True)
-        save_checkpoint(ckpt_path, {
-            'model_type': 'gpt', 'model': raw_model.state_dict(), 'optimizer': [o.state_dict() for o in optimizers],
-            'model_args': model_args, 'iter_num': iter_num, 'best_val_loss': best_val_loss,
-            'config': config, 'chars': chars, 'rng': {'torch': torch.get_rng_state(), 'data': data_rng.get_state(),
-                                                      'cuda': torch.cuda.get_rng_state() if dev_type == 'cuda' else None}})
+        rng = {'torch': every_rank(torch.get_rng_state()), 'data': data_rng.get_state(),
+               'cuda': every_rank(torch.cuda.get_rng_state()) if dev_type == 'cuda' else None}
+        if master:
+            os.makedirs(os.path.dirname(ckpt_path), exist_ok=True)
+            save_checkpoint(ckpt_path, {
+                'model_type': 'gpt', 'model': raw_model.state_dict(), 'optimizer': [o.state_dict() for o in optimizers],
+                'model_args': model_args, 'iter_num': iter_num, 'best_val_loss': best_val_loss,
+                'config': config, 'chars': chars, 'rng': rng})
 
     # Ctrl-C or SIGTERM: finish the current step, save it, say how to resume, exit non-zero
     stop = {'signal': 0}
@@ -575,11 +586,11 @@ def main():
                 die(f"the loss is not finite at step {iter_num}; not saved, {ckpt_path} keeps the last good state")
             best_val_loss = min(best_val_loss, losses['val'])
             write_csv('eval', losses['train'], f"{losses['val']:.6f}")
-            if master and iter_num > 0:
+            if iter_num > 0:
                 checkpoint()
             t0 = time.time()  # the eval is not training time for the next progress line
         if signum:
-            if master and iter_num > start_iter:
+            if iter_num > start_iter:
                 checkpoint()
             log(f"{signal.Signals(signum).name} at step {iter_num}: "
                 f"{'saved ' + ckpt_path if iter_num > start_iter else 'nothing new to save'}; "

@@ -14,16 +14,20 @@ TORCHRUN = ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
 ENV = {'OMP_NUM_THREADS': '1'}
 
 
-def test_two_processes_train_log_once_and_save_once(proj):
-    r = run(proj, *TORCHRUN, 'gpt.py', *TINY, '--device=cpu', '--max_iters=20', env=ENV)
+def test_two_processes_train_log_once_save_once_and_resume_exactly(proj):
+    args = [*TINY, '--device=cpu', '--lr_decay_iters=30', '--dropout=0.1']
+    r = run(proj, *TORCHRUN, 'gpt.py', *args, '--max_iters=20', env=ENV)
     assert r.returncode == 0, r.stderr[-3000:]
     assert [l.split(':')[0] for l in val_lines(r.stdout)] == ['step 0', 'step 10', 'step 20']
     assert 'x processes 2' in r.stdout and r.stdout.count('whole-split val loss') == 1
-    assert os.listdir(proj / 'out') == ['ckpt.pt', 'log.csv'] or sorted(os.listdir(proj / 'out')) == ['ckpt.pt', 'log.csv']
-    # resume under DDP
-    r = run(proj, *TORCHRUN, 'gpt.py', *TINY, '--device=cpu', '--max_iters=30', '--init_from=resume', env=ENV)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert [l.split(':')[0] for l in val_lines(r.stdout)] == ['step 30']
+    assert sorted(os.listdir(proj / 'out')) == ['ckpt.pt', 'log.csv']
+    # resume under DDP: every process gets its own dropout stream back, so it matches a run straight through
+    resumed = run(proj, *TORCHRUN, 'gpt.py', *args, '--max_iters=30', '--init_from=resume', env=ENV)
+    straight = run(proj, *TORCHRUN, 'gpt.py', *args, '--max_iters=30', '--out_dir=straight', env=ENV)
+    assert resumed.returncode == 0 and straight.returncode == 0, resumed.stderr[-3000:] + straight.stderr[-3000:]
+    assert [l.split(':')[0] for l in val_lines(resumed.stdout)] == ['step 30']
+    a, b = (torch.load(proj / d / 'ckpt.pt', weights_only=True)['model'] for d in ('out', 'straight'))
+    assert all(torch.equal(a[name], b[name]) for name in a)
 
 
 def test_accumulation_equals_data_parallel(proj):
