@@ -1,12 +1,19 @@
 """
-A character-level GPT in one file: data, model, training, checkpoints and sampling, top to bottom.
+A GPT in one file: data, model, training, checkpoints and sampling, top to bottom.
+Characters by default; any dataset that prepare.py made (char or byte-level BPE) works.
 
     python prepare.py                          # once: writes data/shakespeare_char/
     python gpt.py                              # trains a small GPT on a CPU in a few minutes
     python gpt.py config/lecture_gpu.py        # the lecture's 6-layer, 384-wide model, on a GPU
     python gpt.py --init_from=resume --max_iters=0 --prompt="ROMEO:"   # only sample from out/ckpt.pt
+    python gpt.py --init_from=resume --eval_only=true --quantize=nf4   # only evaluate, in 4-bit weights
+    python gpt.py --init_from=out/ckpt.pt --dataset=mine --lora_rank=16 --out_dir=out-lora   # fine-tune
     torchrun --standalone --nproc_per_node=8 gpt.py config/lecture_gpu.py   # data parallel (DDP)
+
+main() at the bottom reads as the steps of a run: processes -> data -> model -> optimizer -> train
+-> final evaluation -> sample.
 """
+import hashlib
 import json
 import math
 import os
@@ -16,18 +23,24 @@ import sys
 import time
 import warnings
 from contextlib import nullcontext
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.checkpoint import checkpoint as recompute
 
 from configurator import configure, knobs
+from tokenizer import from_description
 
 # -----------------------------------------------------------------------------
 dataset = 'shakespeare_char'  # reads data/<dataset>/ (made by prepare.py)
 out_dir = 'out'  # checkpoint at <out_dir>/ckpt.pt, CSV log at <out_dir>/log.csv; relative to this file
-init_from = 'scratch'  # 'scratch' or 'resume' (from <out_dir>/ckpt.pt)
+init_from = 'scratch'  # 'scratch', 'resume' (from <out_dir>/ckpt.pt), or a checkpoint's path to fine-tune from
+eval_only = False  # with init_from 'resume' or a path: print the whole-split val loss and bpb, then exit
 device = 'auto'  # 'auto' picks cuda, then mps, then cpu
 dtype = 'auto'  # 'auto': bfloat16 on GPUs that have it, else float16 on CUDA, else float32
 compile = 'auto'  # torch.compile the model: 'auto' means on CUDA only; true/false force it
@@ -42,7 +55,7 @@ dropout = 0.0
 rope = True  # rotary position embeddings instead of a learned position table
 rmsnorm = True  # RMSNorm instead of LayerNorm
 qk_norm = True  # normalize queries and keys before attention
-relu2 = False  # ReLU squared instead of GELU in the MLP
+relu2 = False  # ReLU squared instead of GELU in the feed-forward network
 tie_weights = True  # the output head shares the token embedding matrix
 # training
 optimizer = 'muon'  # 'muon': Muon for the blocks' matrices, AdamW for the rest; or 'adamw' for all
@@ -63,6 +76,11 @@ grad_clip = 1.0  # clip the gradient norm to this; 0 disables
 eval_interval = 250  # estimate the loss (and save) every this many steps
 eval_iters = 20  # batches per loss estimate
 log_interval = 50  # a progress line every this many steps
+# memory and fine-tuning
+gradient_checkpointing = False  # recompute each block's activations in backward: less memory, more time
+quantize = ''  # '', 'int8' or 'nf4': the blocks' Linear weights for evaluating and sampling (and the frozen base under LoRA)
+lora_rank = 0  # > 0 (with init_from=PATH): train only a low-rank update B @ A of each Linear in the blocks
+lora_alpha = 16.0  # the low-rank update is scaled by lora_alpha / lora_rank
 # sampling, after training
 prompt = '\n'  # sampling starts from this text
 num_samples = 1
@@ -71,6 +89,7 @@ temperature = 0.8  # 0 means greedy
 top_k = 0  # keep only the k most likely tokens; 0 keeps all
 top_p = 1.0  # keep the fewest tokens whose probability adds up to top_p; 1.0 keeps all
 kv_cache = True  # reuse keys and values of earlier positions while sampling
+stop = ''  # end a sample at this text; '' means none, or the end marker of a dataset of instruction pairs
 # -----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -91,23 +110,57 @@ def pick_device(name):
     return name
 
 
+class Split:
+    """One split's token ids (memory-mapped) and, for instruction pairs, the loss mask: mask[j] is 1 where
+    token j is part of a response (or its end marker), so only those tokens are ever predicted and scored."""
+
+    def __init__(self, ids, mask=None):
+        self.ids, self.mask = ids, mask
+        if mask is not None:  # a pair starts where a response ended (mask 1 -> 0), and at 0
+            m = np.asarray(mask)
+            self.starts = np.concatenate([[0], np.flatnonzero((m[:-1] == 1) & (m[1:] == 0)) + 1])
+
+    def __len__(self):
+        return len(self.ids)
+
+    def random_starts(self, shape, block_size, generator):
+        """Where training and eval windows start. Plain text: anywhere. Pairs: at the start of a pair, so
+        every window begins with a prompt and holds response tokens to learn from."""
+        if self.mask is None:
+            return torch.randint(len(self.ids) - block_size, shape, generator=generator)
+        starts = torch.from_numpy(self.starts[self.starts + block_size < len(self.ids)])
+        return starts[torch.randint(len(starts), shape, generator=generator)]
+
+
 def load_data(dataset):
-    """The train and val token arrays (memory-mapped) and the vocabulary."""
+    """The train and val splits, the tokenizer, and meta.json (made by prepare.py)."""
     folder = os.path.join(ROOT, 'data', dataset)
     try:
         with open(os.path.join(folder, 'meta.json'), encoding='utf-8') as f:
-            chars = json.load(f)['chars']
-        train = np.memmap(os.path.join(folder, 'train.bin'), dtype=np.uint16, mode='r')
-        val = np.memmap(os.path.join(folder, 'val.bin'), dtype=np.uint16, mode='r')
-    except (OSError, ValueError, KeyError) as e:
+            meta = json.load(f)
+        splits = {}
+        for name in ('train', 'val'):
+            ids = np.memmap(os.path.join(folder, f'{name}.bin'), dtype=np.uint16, mode='r')
+            mask = np.memmap(os.path.join(folder, f'{name}_mask.bin'), dtype=np.uint8, mode='r') \
+                if meta.get('format', 'text') != 'text' else None
+            splits[name] = Split(ids, mask)
+    except (OSError, ValueError) as e:
         die(f"dataset '{dataset}' is not prepared in {folder} ({type(e).__name__}); run: python prepare.py")
-    return train, val, chars
+    try:  # meta.json from before tokenizer.py held only 'chars'
+        tok = from_description(meta['tokenizer'] if 'tokenizer' in meta else {'type': 'char', 'chars': meta.get('chars')})
+    except ValueError as e:
+        die(f"{folder}/meta.json has a malformed tokenizer ({e}); rerun prepare.py for this dataset")
+    return SimpleNamespace(train=splits['train'], val=splits['val'], tok=tok, meta=meta)
 
 
-def get_batch(data, ix, block_size, device):
-    """Inputs data[i:i+block_size] for each start i in ix, and targets shifted by one."""
-    rows = torch.from_numpy(data[ix.numpy()[:, None] + np.arange(block_size + 1)].astype(np.int64))
+def get_batch(split, ix, block_size, device):
+    """Inputs ids[i:i+block_size] for each start i in ix, and targets shifted by one. Targets that the
+    loss mask leaves out (a prompt's tokens) become -1, which cross_entropy ignores."""
+    pos = ix.numpy()[:, None] + np.arange(block_size + 1)
+    rows = torch.from_numpy(split.ids[pos].astype(np.int64))
     x, y = rows[:, :-1], rows[:, 1:]  # (B, T) each
+    if split.mask is not None:
+        y = y.masked_fill(torch.from_numpy(split.mask[pos[:, 1:]] == 0), -1)
     if device.startswith('cuda'):  # pinned memory lets the copy overlap with compute
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
@@ -115,37 +168,54 @@ def get_batch(data, ix, block_size, device):
 
 @torch.no_grad()
 def estimate_loss(model, splits, batch_size, block_size, eval_iters, device, ctx=nullcontext()):
-    """Mean loss over the same eval_iters random batches of each split at every eval."""
+    """Mean loss over the same eval_iters random batches of each split at every eval (over response
+    tokens only, for instruction pairs)."""
     model.eval()
     out = {}
-    for name, data in splits.items():
+    for name, split in splits.items():
         g = torch.Generator().manual_seed(0)
         losses = torch.zeros(eval_iters)
         for k in range(eval_iters):
-            ix = torch.randint(len(data) - block_size, (batch_size,), generator=g)
+            ix = split.random_starts((batch_size,), block_size, g)
             with ctx:
-                losses[k] = model(*get_batch(data, ix, block_size, device))[1].item()
+                losses[k] = model(*get_batch(split, ix, block_size, device))[1].item()
         out[name] = losses.mean().item()
     model.train()
     return out
 
 
 @torch.no_grad()
-def full_val_loss(model, data, block_size, device, batch_size=64, ctx=nullcontext()):
-    """Loss over the whole split: consecutive windows, so every token but the first is predicted once."""
+def full_val_loss(model, split, block_size, device, batch_size=64, ctx=nullcontext(), token_bytes=None):
+    """Loss over the whole split, and bits per byte if token_bytes (each id's UTF-8 length) is given.
+    Plain text: consecutive windows, so every token but the first is predicted once. Instruction pairs:
+    one window from each pair's start, scoring that pair's response tokens."""
     model.eval()
-    starts = torch.arange(0, len(data) - 1, block_size)
-    total = 0.0
+    n = len(split)
+    if split.mask is None:
+        starts = np.arange(0, n - 1, block_size)
+        last = np.minimum(starts + block_size, n - 1)  # the last target of each window
+    else:
+        starts = split.starts
+        last = np.minimum(np.minimum(np.append(starts[1:], n) - 1, starts + block_size), n - 1)
+    nats, count, nbytes = 0.0, 0, 0
     for b in range(0, len(starts), batch_size):
-        ix = starts[b:b + batch_size]
-        full, last = ix[ix + block_size < len(data)], ix[ix + block_size >= len(data)]
-        for part, t in ((full, block_size), (last, len(data) - 1 - int(last[0]) if len(last) else 0)):
-            if len(part):
-                with ctx:
-                    loss = model(*get_batch(data, part, t, device))[1]
-                total += loss.item() * len(part) * t
+        s, e = starts[b:b + batch_size, None], last[b:b + batch_size, None]
+        pos = np.minimum(s + np.arange(block_size + 1), n - 1)  # windows past the end repeat the last id
+        ids = torch.from_numpy(split.ids[pos].astype(np.int64))
+        scored = torch.from_numpy(s + 1 + np.arange(block_size) <= e)  # (B, T): targets inside the window
+        if split.mask is not None:
+            scored &= torch.from_numpy(split.mask[pos[:, 1:]] == 1)
+        if not scored.any():
+            continue
+        y = ids[:, 1:].masked_fill(~scored, -1)
+        with ctx:
+            loss = model(ids[:, :-1].to(device), y.to(device))[1]
+        nats += loss.item() * scored.sum().item()
+        count += scored.sum().item()
+        if token_bytes is not None:
+            nbytes += token_bytes[y[scored]].sum().item()
     model.train()
-    return total / (len(data) - 1)
+    return nats / max(count, 1), (nats / math.log(2) / nbytes if nbytes else None), count
 
 
 def get_lr(it, progress, learning_rate, min_lr, warmup_iters, schedule='cosine'):
@@ -184,7 +254,17 @@ def rotate(x, cos, sin):
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
-class CausalSelfAttention(nn.Module):
+# The lecture's names, and nanoGPT's for the same modules: MultiHeadAttention is nanoGPT's
+# CausalSelfAttention, FeedForward is its MLP; Block and GPT are the same in both.
+class MultiHeadAttention(nn.Module):
+    """n_head heads of masked self-attention, computed as one matmul.
+
+    The lecture's Head(head_size) has its own key, query and value Linears. Here one Linear, c_attn,
+    makes all of them: its output is [q | k | v], each n_embd wide, and head h owns the columns
+    h*hs:(h+1)*hs of each (hs = n_embd // n_head). So Head h's query is q[..., h*hs:(h+1)*hs], and so
+    on. view(B, T, nh, hs).transpose(1, 2) cuts those slices apart into a head dimension; the
+    transpose back and view(B, T, C) after attention is the lecture's torch.cat of the heads' outputs,
+    which c_proj (the lecture's proj) then mixes."""
 
     def __init__(self, n_embd, n_head, dropout, qk_norm=False):
         super().__init__()
@@ -216,11 +296,12 @@ class CausalSelfAttention(nn.Module):
             causal = torch.ones(T, L, dtype=torch.bool, device=x.device).tril(L - T)  # query t sees keys <= t
             att = F.softmax(att.masked_fill(~causal, float('-inf')), dim=-1)
             y = F.dropout(att, dropout_p, self.training) @ v  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: the lecture's torch.cat
         return self.resid_dropout(self.c_proj(y))
 
 
-class MLP(nn.Module):
+class FeedForward(nn.Module):
+    """Per position: Linear to 4x wider, a non-linearity, Linear back."""
 
     def __init__(self, n_embd, dropout, relu2=False):
         super().__init__()
@@ -234,15 +315,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attention(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm transformer block: x + attention(norm(x)), then x + feed-forward(norm(x))."""
 
     def __init__(self, n_embd, n_head, dropout, rmsnorm=False, qk_norm=False, relu2=False):
         super().__init__()
         Norm = nn.RMSNorm if rmsnorm else nn.LayerNorm
         self.ln_1 = Norm(n_embd)
-        self.attn = CausalSelfAttention(n_embd, n_head, dropout, qk_norm)
+        self.attn = MultiHeadAttention(n_embd, n_head, dropout, qk_norm)
         self.ln_2 = Norm(n_embd)
-        self.mlp = MLP(n_embd, dropout, relu2)
+        self.mlp = FeedForward(n_embd, dropout, relu2)
 
     def forward(self, x, rope=None, cache=None, layer=0):
         x = x + self.attn(self.ln_1(x), rope, cache, layer)
@@ -271,6 +352,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         if tie_weights:
             self.lm_head.weight = self.wte.weight  # one matrix reads and writes tokens
+        self.gradient_checkpointing = False  # a way to run, not part of the architecture: set after building
         # nanoGPT's init: N(0, 0.02), with the projections into the residual stream scaled down by depth
         for name, p in self.named_parameters():
             if p.dim() >= 2:
@@ -288,25 +370,33 @@ class GPT(nn.Module):
             x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
         x = self.drop(x)
         for layer, block in enumerate(self.blocks):
-            x = block(x, rope, cache, layer)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # keep only the block's input; backward runs the block again (with the same dropout
+                # masks: the RNG state is saved and restored) to get the activations it needs
+                x = recompute(block, x, rope, cache, layer, use_reentrant=False)
+            else:
+                x = block(x, rope, cache, layer)
         x = self.ln_f(x)
         if cache is not None:
             cache.pos += T
         if targets is None:  # sampling needs only the last position's logits
             return self.lm_head(x[:, [-1], :]), None  # (B, 1, vocab_size)
         logits = self.lm_head(x)  # (B, T, vocab_size)
-        return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        # targets of -1 (a prompt's tokens, under a loss mask) count for nothing
+        return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, kv_cache=True, generator=None):
-        """Append max_new_tokens sampled tokens to idx (B, T).
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, kv_cache=True, generator=None,
+                 done=None):
+        """Append up to max_new_tokens sampled tokens to idx (B, T); stop early once done(new_ids) is true
+        for every row (new_ids: a row's sampled ids so far).
 
         The context is cropped to block_size. With the cache, each step feeds only the newest token.
         Learned positions end at block_size, so when the cache is full it is rebuilt from the last
         block_size // 2 tokens at positions 0.. (one forward over them), and filling goes on from there:
         every token still sees at least half a block of context, at a small amortized cost. While the
         text fits in block_size, cached and uncached sampling give the same tokens."""
-        cache, fed = None, 0  # fed: how many tokens of idx are in the cache
+        cache, fed, T0 = None, 0, idx.size(1)  # fed: how many tokens of idx are in the cache
         for _ in range(max_new_tokens):
             if not kv_cache:
                 logits, _ = self(idx[:, -self.block_size:])
@@ -315,14 +405,155 @@ class GPT(nn.Module):
                     keep = idx.size(1) if cache is None and idx.size(1) <= self.block_size else self.block_size // 2
                     attn = self.blocks[0].attn
                     cache = KVCache(len(self.blocks), idx.size(0), attn.n_head, self.block_size,
-                                    attn.c_proj.in_features // attn.n_head, idx.device, self.wte.weight.dtype)
+                                    self.wte.weight.size(1) // attn.n_head, idx.device, self.wte.weight.dtype)
                     fed = idx.size(1) - keep
                 logits, _ = self(idx[:, fed:], cache=cache)
                 fed = idx.size(1)
             idx = torch.cat((idx, sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)), dim=1)
+            if done is not None and all(done(row[T0:]) for row in idx.tolist()):
+                break
         return idx
 
 
+def sample_next(logits, temperature, top_k=0, top_p=1.0, generator=None):
+    """One token per row from (B, vocab) logits; temperature 0 takes the most likely."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float('-inf'))
+    probs = F.softmax(logits, dim=-1)
+    if top_p < 1.0:  # nucleus: drop the tail once the more likely tokens already hold top_p
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+        tail = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p  # the most likely token always stays
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(tail, 0.0))
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+# ----------------------------------------------------------------------------- smaller weights
+# Weight-only quantization of the Linear layers inside the blocks (embeddings, head and norms stay as
+# they are): each weight is stored as a small integer code plus a float scale for a group of weights.
+
+class Int8Linear(nn.Module):
+    """A Linear whose weight is int8 with one absmax scale per output row: w ~ code * absmax / 127."""
+
+    def __init__(self, linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer('scale', w.abs().amax(dim=1).clamp(min=1e-12) / 127)  # (out,)
+        self.register_buffer('qweight', torch.round(w / self.scale[:, None]).to(torch.int8))  # (out, in)
+        self.packed = None  # fbgemm's prepacked copy, made on first use on a CPU
+
+    def dequantize(self):
+        return self.qweight.float() * self.scale[:, None]
+
+    def forward(self, x):
+        if x.device.type == 'cpu' and not torch.is_grad_enabled() and torch.backends.quantized.engine == 'fbgemm':
+            # Speed: on a CPU, sampling is bound by reading weights, and fp32 reads 4 bytes a weight.
+            # fbgemm's int8 matmul reads 1 (it also rounds each row of x to 8 bits on the fly); it ran
+            # a 6x384 model's token step 6x faster than fp32 here, while dequantize-then-matmul and
+            # torch._weight_int8pack_mm were slower than fp32. So: fbgemm to evaluate and sample, and the
+            # exact dequantized weight wherever gradients flow (LoRA training on an int8 base).
+            if self.packed is None:
+                q = torch.quantize_per_channel(self.dequantize(), self.scale.double(), torch.zeros_like(self.scale, dtype=torch.long), 0, torch.qint8)
+                self.packed = torch.ops.quantized.linear_prepack(q, None)
+            return torch.ops.quantized.linear_dynamic(x.float(), self.packed).to(x.dtype)
+        return F.linear(x, self.dequantize().to(x.dtype))
+
+
+def nf4_code():
+    """NF4, QLoRA's 4-bit data type: 16 values at quantiles of a standard normal, scaled to [-1, 1], with
+    an exact 0. Normally distributed weights then use all 16 codes about equally often. The quantiles are
+    taken at probabilities evenly spaced from 0.5 to offset (not 1, whose quantile is infinite): 8 on the
+    positive side and 7 on the negative, so that 0 is one of the 16."""
+    offset = 1 - (1 / (2 * 15) + 1 / (2 * 16)) / 2  # 0.9677: between the last points of 15 and 16 bins
+    positive = torch.special.ndtri(torch.linspace(offset, 0.5, 9, dtype=torch.float64)[:-1])  # 8 values
+    negative = -torch.special.ndtri(torch.linspace(offset, 0.5, 8, dtype=torch.float64)[:-1])  # 7 values
+    code = torch.cat([negative, torch.zeros(1, dtype=torch.float64), positive]).sort().values
+    return (code / code.abs().max()).float()
+
+
+class NF4Linear(nn.Module):
+    """A Linear whose weight is NF4: blocks of 64 weights, each block scaled by its absmax into [-1, 1]
+    and rounded to the nearest of the 16 NF4 values; two 4-bit codes are packed into each byte.
+    It dequantizes to float for every matmul: it saves memory, not time (this is the readable version)."""
+    block = 64
+
+    def __init__(self, linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        flat = F.pad(w.flatten(), (0, -w.numel() % self.block)).view(-1, self.block)  # (n_blocks, 64)
+        self.register_buffer('absmax', flat.abs().amax(dim=1, keepdim=True).clamp(min=1e-12))
+        self.register_buffer('code', nf4_code())
+        codes = torch.bucketize(flat / self.absmax, (self.code[1:] + self.code[:-1]) / 2)  # the nearest value
+        self.register_buffer('packed', (codes[:, 0::2] << 4 | codes[:, 1::2]).to(torch.uint8))  # (n_blocks, 32)
+
+    def dequantize(self):
+        codes = torch.stack((self.packed >> 4, self.packed & 15), dim=-1).flatten(1).long()  # (n_blocks, 64)
+        w = (self.code[codes] * self.absmax).flatten()[:self.in_features * self.out_features]
+        return w.view(self.out_features, self.in_features)
+
+    def forward(self, x):
+        return F.linear(x, self.dequantize().to(x.dtype))
+
+
+def swap_linears(model, make):
+    """Replace each Linear layer in the blocks (c_attn, c_proj, c_fc) by make(layer)."""
+    for module in list(model.blocks.modules()):
+        for name, child in list(module.named_children()):
+            if name in ('c_attn', 'c_proj', 'c_fc'):
+                setattr(module, name, make(child))
+
+
+def quantize_model(model, kind):
+    swap_linears(model, {'int8': Int8Linear, 'nf4': NF4Linear}[kind])
+
+
+def weight_bytes(model):
+    """Bytes of the blocks' Linear weights as stored: fp32, or codes plus scales."""
+    return sum(b.numel() * b.element_size() for m in model.blocks.modules() for n, b in
+               [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
+               if isinstance(m, (nn.Linear, Int8Linear, NF4Linear)) and n != 'code')
+
+
+# ----------------------------------------------------------------------------- LoRA
+class LoRALinear(nn.Module):
+    """A frozen layer plus a trainable low-rank update: y = base(x) + (alpha / rank) * x A^T B^T.
+    A (rank, in) starts random and B (out, rank) at zero, so at step 0 the model is exactly the base."""
+
+    def __init__(self, base, rank, alpha):
+        super().__init__()
+        self.base = base.requires_grad_(False)  # an nn.Linear, or its int8/NF4 version (QLoRA)
+        self.lora_A = nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
+        self.scale = alpha / rank
+
+    def forward(self, x):
+        return self.base(x) + (x @ self.lora_A.T @ self.lora_B.T) * self.scale
+
+    def merged(self):
+        """An ordinary Linear with the update folded into its weight: sampling pays nothing extra."""
+        w = self.base.weight if isinstance(self.base, nn.Linear) else self.base.dequantize()
+        linear = nn.Linear(self.base.in_features, self.base.out_features, bias=False, device=w.device)
+        linear.weight.data = (w + self.scale * self.lora_B @ self.lora_A).detach()
+        return linear
+
+
+def add_lora(model, rank, alpha):
+    """Freeze the whole model, then wrap each Linear in the blocks with a trainable LoRA update."""
+    model.requires_grad_(False)
+    swap_linears(model, lambda layer: LoRALinear(layer, rank, alpha))
+
+
+def merge_lora(model):
+    """Fold every LoRA update into its weight (on a quantized base too: the merged weight is fp32)."""
+    swap_linears(model, lambda layer: layer.merged() if isinstance(layer, LoRALinear) else layer)
+
+
+# ----------------------------------------------------------------------------- Muon
 def newton_schulz(G, steps=5):
     """The nearest semi-orthogonal matrix to G, approximately: all singular values pushed towards 1."""
     a, b, c = 3.4445, -4.7750, 2.0315  # a quintic iteration tuned to converge fast (Keller Jordan's Muon)
@@ -353,22 +584,7 @@ class Muon(torch.optim.Optimizer):
                 p.add_(update.to(p.dtype), alpha=-group['lr'] * max(1.0, p.size(0) / p.size(1)) ** 0.5)
 
 
-def sample_next(logits, temperature, top_k=0, top_p=1.0, generator=None):
-    """One token per row from (B, vocab) logits; temperature 0 takes the most likely."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
-    if 0 < top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k).values[:, [-1]]
-        logits = logits.masked_fill(logits < kth, float('-inf'))
-    probs = F.softmax(logits, dim=-1)
-    if top_p < 1.0:  # nucleus: drop the tail once the more likely tokens already hold top_p
-        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-        tail = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p  # the most likely token always stays
-        probs = probs.scatter(-1, order, sorted_probs.masked_fill(tail, 0.0))
-    return torch.multinomial(probs, 1, generator=generator)
-
-
+# ----------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path, ckpt):
     """Write to a temp file, fsync, then rename: a crash leaves the old checkpoint or the new one."""
     tmp = path + '.tmp'
@@ -379,9 +595,18 @@ def save_checkpoint(path, ckpt):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, model_type, chars, check_vocab=True):
-    """A checkpoint as plain data (weights_only: no pickled code runs), checked against the dataset."""
-    if not os.path.exists(path):
+def sha256(path):
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def tokenizer_of(ckpt):
+    return ckpt['tokenizer'] if 'tokenizer' in ckpt else {'type': 'char', 'chars': ckpt.get('chars')}  # older files
+
+
+def load_checkpoint(path, model_type, tok=None):
+    """A checkpoint as plain data (weights_only: no pickled code runs), checked against the dataset's tokenizer."""
+    if not os.path.isfile(path):
         die(f"no checkpoint at {path}; train first (init_from='scratch')")
     try:
         with warnings.catch_warnings():
@@ -392,18 +617,47 @@ def load_checkpoint(path, model_type, chars, check_vocab=True):
             "(weights_only refused it; nothing in it ran)")
     except Exception as e:
         die(f"{path} is not a loadable checkpoint: truncated or not a torch file ({type(e).__name__})")
-    if not isinstance(ckpt, dict) or ckpt.get('model_type') != model_type:
-        die(f"{path} is not a {model_type} checkpoint")
-    if check_vocab and ckpt['chars'] != chars:
-        die(f"{path} was trained on another vocabulary ({len(ckpt['chars'])} chars) "
-            f"than dataset '{dataset}' ({len(chars)} chars)")
+    if not isinstance(ckpt, dict) or ckpt.get('model_type') != model_type or 'model_args' not in ckpt:
+        die(f"{path} is not a {model_type} checkpoint written by {model_type}.py")
+    theirs = tokenizer_of(ckpt)
+    if tok is not None and theirs != tok.describe():
+        name = lambda d: f"{d.get('type')}, {len(d.get('chars') or d.get('merges') or [])} {'chars' if d.get('type') == 'char' else 'merges'}"
+        die(f"{path} was trained on another vocabulary ({name(theirs)}) than dataset '{dataset}' "
+            f"({name(tok.describe())}); encode your text with its tokenizer: python prepare.py --input=FILE "
+            f"--dataset=NAME --tokenizer_from={ckpt.get('config', {}).get('dataset', 'ITS_DATASET')}")
     return ckpt
 
 
-def check_config(n_train, n_val):
+def base_weights(path, ckpt, tok):
+    """The full weights of a LoRA checkpoint's base, once it is checked to be the very file it trained on."""
+    base = ckpt['base']
+    if not os.path.isfile(base['path']):
+        die(f"{path} is a LoRA checkpoint on the base {base['path']}, which is missing; put it back")
+    if sha256(base['path']) != base['sha256']:
+        die(f"{path} is a LoRA checkpoint on the base {base['path']}, which has changed since (sha256 differs)")
+    return full_weights(base['path'], load_checkpoint(base['path'], 'gpt', tok), tok)
+
+
+def full_weights(path, ckpt, tok):
+    """All of a checkpoint's weights. A LoRA checkpoint holds only its adapters: they are merged into its base."""
+    if 'lora' not in ckpt:
+        return ckpt['model']
+    model = GPT(**ckpt['model_args'])
+    model.load_state_dict(base_weights(path, ckpt, tok))
+    if ckpt['lora'].get('quantize'):
+        quantize_model(model, ckpt['lora']['quantize'])
+    add_lora(model, ckpt['lora']['rank'], ckpt['lora']['alpha'])
+    model.load_state_dict(ckpt['model'], strict=False)
+    merge_lora(model)
+    return model.state_dict()
+
+
+def check_config(data):
     """One clear line for each setting that cannot work, before anything is built or written."""
+    n_train, n_val = len(data.train), len(data.val)
     problems = [
-        (init_from in ('scratch', 'resume'), f"init_from must be 'scratch' or 'resume', not '{init_from}'"),
+        (init_from in ('scratch', 'resume') or os.path.isfile(os.path.join(ROOT, init_from)),
+         f"init_from must be 'scratch', 'resume' or a checkpoint's path; there is no file '{init_from}'"),
         (min(n_layer, n_head, n_embd, block_size, batch_size, gradient_accumulation_steps, eval_interval,
              eval_iters, log_interval, num_samples) > 0,
          "n_layer, n_head, n_embd, block_size, batch_size, gradient_accumulation_steps, eval_interval, "
@@ -425,245 +679,406 @@ def check_config(n_train, n_val):
         (optimizer in ('adamw', 'muon'), f"optimizer must be 'adamw' or 'muon', not '{optimizer}'"),
         (schedule in ('cosine', 'wsd'), f"schedule must be 'cosine' or 'wsd', not '{schedule}'"),
         (not rope or (n_embd // n_head) % 2 == 0, f"rope needs an even head size, not {n_embd // max(n_head, 1)}"),
+        (quantize in ('', 'int8', 'nf4'), f"quantize must be '', 'int8' or 'nf4', not '{quantize}'"),
+        (lora_rank >= 0, f"lora_rank must be >= 0 (0 is off), not {lora_rank}"),
+        (lora_alpha > 0, f"lora_alpha must be > 0, not {lora_alpha}"),
+        (lora_rank == 0 or init_from != 'scratch', "lora_rank > 0 adapts a trained model: give its checkpoint "
+                                                   "as --init_from=PATH"),
+        (not eval_only or init_from != 'scratch', "eval_only needs a model: --init_from=resume or a checkpoint's path"),
     ]
     for ok, msg in problems:
         if not ok:
             die(msg)
+    missing = data.tok.unknown(prompt)
+    if missing:
+        die(f"the prompt has characters that are not in the vocabulary: {missing}")
 
 
-def main():
-    # processes: one, or one per GPU (or CPU worker) under torchrun, each with a slice of every batch
+# ----------------------------------------------------------------------------- the steps of a run
+def setup_processes():
+    """One process, or one per GPU (or CPU worker) under torchrun, each with a slice of every batch; the
+    device, and the precision. What every later step shares about the processes lives here."""
     ddp = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
     rank, world_size, local_rank = (int(os.environ.get(k, d)) for k, d in (('RANK', 0), ('WORLD_SIZE', 1), ('LOCAL_RANK', 0)))
-    master = rank == 0
     dev = pick_device(device)
     if ddp and dev.startswith('cuda'):
         dev = f'cuda:{local_rank}'
         torch.cuda.set_device(dev)
     dev_type = dev.split(':')[0]
-    train_data, val_data, chars = load_data(dataset)
-    check_config(len(train_data), len(val_data))
     if ddp:
-        import torch.distributed as dist
-        from torch.nn.parallel import DistributedDataParallel as DDP
         dist.init_process_group(backend='nccl' if dev_type == 'cuda' else 'gloo')
-    log = print if master else (lambda *a, **k: None)
-
+    run = SimpleNamespace(ddp=ddp, rank=rank, world_size=world_size, local_rank=local_rank, master=rank == 0,
+                          dev=dev, dev_type=dev_type, log=print if rank == 0 else (lambda *a, **k: None))
     # precision: bf16 autocast where the GPU has it, fp16 with a gradient scaler on older GPUs, else fp32
     ptdtype = dtype
     if dtype == 'auto':
         ptdtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if dev_type == 'cuda' else 'float32'
     why = {'cuda': 'GPU autocast', 'cpu': 'float32 is fastest and exact on CPUs', 'mps': 'MPS default'}[dev_type]
-    log(f"device: {dev}, dtype: {ptdtype} ({why if dtype == 'auto' else 'as asked'})")
-    ctx = nullcontext() if ptdtype == 'float32' else torch.autocast(dev_type, dtype=getattr(torch, ptdtype))
-    scaler = torch.amp.GradScaler(dev_type, enabled=ptdtype == 'float16')
+    run.log(f"device: {dev}, dtype: {ptdtype} ({why if dtype == 'auto' else 'as asked'})")
+    run.ctx = nullcontext() if ptdtype == 'float32' else torch.autocast(dev_type, dtype=getattr(torch, ptdtype))
+    run.scaler = torch.amp.GradScaler(dev_type, enabled=ptdtype == 'float16')
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls for any float32 work left on the GPU
     torch.backends.cudnn.allow_tf32 = True
+    return run
 
-    stoi = {c: i for i, c in enumerate(chars)}
-    config = knobs(globals())
-    ckpt_path = os.path.join(ROOT, out_dir, 'ckpt.pt')
-    torch.manual_seed(seed + rank)  # dropout differs between processes; the batches come from data_rng
-    data_rng = torch.Generator().manual_seed(seed)  # the same on every process: it draws the global batch
-    model_args = dict(vocab_size=len(chars), block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                      dropout=dropout, rope=rope, rmsnorm=rmsnorm, qk_norm=qk_norm, relu2=relu2, tie_weights=tie_weights)
-    iter_num, best_val_loss, ckpt = 0, math.inf, None
+
+def build_model(run, data):
+    """The model: fresh ('scratch'), the run in out_dir ('resume'), or the weights of another checkpoint to
+    fine-tune (init_from=PATH: a new run from step 0), with a LoRA update if lora_rank > 0. Returns it
+    and the state of the run that the later steps share."""
+    state = SimpleNamespace(iter_num=0, best_val_loss=math.inf, ckpt=None, lora=None, base=None, tokenizer=data.tok.describe(),
+                            ckpt_path=os.path.join(ROOT, out_dir, 'ckpt.pt'), config=knobs(globals()),
+                            data_rng=torch.Generator().manual_seed(seed),  # the same on every process: the global batch
+                            template={k: data.meta[k] for k in ('sep', 'end') if k in data.meta},
+                            model_args=dict(vocab_size=data.tok.vocab_size, block_size=block_size, n_layer=n_layer,
+                                            n_head=n_head, n_embd=n_embd, dropout=dropout, rope=rope, rmsnorm=rmsnorm,
+                                            qk_norm=qk_norm, relu2=relu2, tie_weights=tie_weights))
+    torch.manual_seed(seed + run.rank)  # dropout differs between processes; the batches come from data_rng
+    weights = None
     if init_from == 'resume':
-        ckpt = load_checkpoint(ckpt_path, 'gpt', chars)
-        model_args = {**ckpt['model_args'], 'dropout': dropout}  # the architecture is the checkpoint's
-        iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
-    missing = sorted(set(prompt) - set(stoi))
-    if missing:
-        die(f"the prompt has characters that are not in the vocabulary: {missing}")
-    raw_model = GPT(**model_args).to(dev)
-    log(f"model: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters, {model_args}")
+        ckpt = state.ckpt = load_checkpoint(state.ckpt_path, 'gpt', data.tok)
+        state.iter_num, state.best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
+        state.lora, state.base = ckpt.get('lora'), ckpt.get('base')
+        if lora_rank and not state.lora:
+            die(f"{state.ckpt_path} is not a LoRA run, so it cannot resume with lora_rank > 0; to add LoRA, "
+                f"fine-tune it: --init_from={os.path.join(out_dir, 'ckpt.pt')} --out_dir=ANOTHER")
+        weights = base_weights(state.ckpt_path, ckpt, data.tok) if state.lora else ckpt['model']
+    elif init_from != 'scratch':
+        path = os.path.join(ROOT, init_from)  # relative paths start at this file's folder, like out_dir
+        if os.path.isfile(state.ckpt_path) and os.path.samefile(path, state.ckpt_path):
+            die(f"--init_from={init_from} is this run's own checkpoint; the fine-tuned model would be written "
+                f"over it: give another --out_dir")
+        ckpt = load_checkpoint(path, 'gpt', data.tok)
+        weights = full_weights(path, ckpt, data.tok)
+        if lora_rank:
+            state.lora = {'rank': lora_rank, 'alpha': lora_alpha, 'quantize': quantize}
+            state.base = {'path': os.path.realpath(path), 'sha256': sha256(path)}
+    if state.ckpt is not None or weights is not None:  # the architecture is the checkpoint's
+        state.model_args = {**ckpt['model_args'], 'dropout': dropout}
+        state.template = state.template or ckpt.get('template', {})
+    model = GPT(**state.model_args)
+    if weights is not None:
+        model.load_state_dict(weights)
+    if state.lora:
+        if state.lora['quantize']:
+            quantize_model(model, state.lora['quantize'])  # QLoRA: the frozen base in 4 (or 8) bits
+        add_lora(model, state.lora['rank'], state.lora['alpha'])
+        if state.ckpt is not None:
+            model.load_state_dict(state.ckpt['model'], strict=False)  # the adapters
+    model.gradient_checkpointing = gradient_checkpointing
+    T = state.model_args['block_size']
+    if T >= min(len(data.train), len(data.val)):
+        die(f"the model's block_size ({T}) must be shorter than both splits ({len(data.train):,} and {len(data.val):,} tokens)")
+    n_params = sum(p.numel() for p in model.parameters())
+    run.log(f"model: {n_params / 1e6:.2f}M parameters, {state.model_args}")
+    if state.lora:
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        run.log(f"LoRA rank {state.lora['rank']}{' on a ' + state.lora['quantize'] + ' base' if state.lora['quantize'] else ''}: "
+                f"training {n_train:,} of {n_params:,} parameters ({100 * n_train / n_params:.2f}%)")
+    return model.to(run.dev), state
 
-    params = dict(raw_model.named_parameters())
-    hidden = [p for n, p in params.items() if p.dim() >= 2 and n.startswith('blocks.') and optimizer == 'muon']
-    decay = [p for p in params.values() if p.dim() >= 2 and not any(p is h for h in hidden)]  # matrices only
-    no_decay = [p for p in params.values() if p.dim() < 2]
-    optimizers = [torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay},
-                                     {'params': no_decay, 'weight_decay': 0.0}],
-                                    lr=learning_rate, betas=(beta1, beta2), fused=dev_type == 'cuda')]
-    if hidden:
-        optimizers.append(Muon(hidden, lr=muon_lr))
+
+def make_optimizers(run, model, state):
+    """AdamW (weight decay on matrices only), plus Muon for the blocks' matrices; only AdamW on a LoRA
+    update. On resume, their state, the step's RNG streams and the data order come back."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if state.lora:
+        optimizers = [torch.optim.AdamW(params.values(), lr=learning_rate, betas=(beta1, beta2), weight_decay=0.0,
+                                        fused=run.dev_type == 'cuda')]
+    else:
+        hidden = [p for n, p in params.items() if p.dim() >= 2 and n.startswith('blocks.') and optimizer == 'muon']
+        decay = [p for p in params.values() if p.dim() >= 2 and not any(p is h for h in hidden)]  # matrices only
+        no_decay = [p for p in params.values() if p.dim() < 2]
+        optimizers = [torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay},
+                                         {'params': no_decay, 'weight_decay': 0.0}],
+                                        lr=learning_rate, betas=(beta1, beta2), fused=run.dev_type == 'cuda')]
+        if hidden:
+            optimizers.append(Muon(hidden, lr=muon_lr))
+    ckpt = state.ckpt
     if ckpt is not None:
-        raw_model.load_state_dict(ckpt['model'])
+        if not ckpt['optimizer']:
+            die(f"{state.ckpt_path} holds a model without an optimizer (written with max_iters=0): "
+                f"fine-tune it with --init_from={os.path.join(out_dir, 'ckpt.pt')} --out_dir=ANOTHER")
         if len(ckpt['optimizer']) != len(optimizers):
-            die(f"{ckpt_path} was trained with optimizer='{ckpt['config']['optimizer']}'; resume with the same")
-        for opt, state in zip(optimizers, ckpt['optimizer']):
-            opt.load_state_dict(state)
-        data_rng.set_state(ckpt['rng']['data'])
-        if rank < len(ckpt['rng']['torch']):  # after the model is built, whose init draws from the same generator
-            torch.set_rng_state(ckpt['rng']['torch'][rank].clone())  # a row per process: its dropout stream
-            if dev_type == 'cuda' and ckpt['rng'].get('cuda') is not None:
-                torch.cuda.set_rng_state(ckpt['rng']['cuda'][rank].clone())
-        log(f"resumed from {ckpt_path} at step {iter_num}")
-    elif master and os.path.exists(ckpt_path):
-        print(f"note: this run will overwrite {ckpt_path} (resume it with --init_from=resume)")
+            die(f"{state.ckpt_path} was trained with optimizer='{ckpt['config']['optimizer']}'; resume with the same")
+        for opt, saved in zip(optimizers, ckpt['optimizer']):
+            opt.load_state_dict(saved)
+        state.data_rng.set_state(ckpt['rng']['data'])
+        if run.rank < len(ckpt['rng']['torch']):  # after the model is built, whose init draws from the same generator
+            torch.set_rng_state(ckpt['rng']['torch'][run.rank].clone())  # a row per process: its dropout stream
+            if run.dev_type == 'cuda' and ckpt['rng'].get('cuda') is not None:
+                torch.cuda.set_rng_state(ckpt['rng']['cuda'][run.rank].clone())
+        run.log(f"resumed from {state.ckpt_path} at step {state.iter_num}")
+    elif run.master and os.path.exists(state.ckpt_path):
+        print(f"note: this run will overwrite {state.ckpt_path} (resume it with --init_from=resume)")
     for opt, base_lr in zip(optimizers, (learning_rate, muon_lr)):
         for group in opt.param_groups:
             group['base_lr'] = base_lr  # the schedule scales every group by lr / learning_rate
-    model = raw_model
-    if str(compile).lower() == 'true' or (str(compile).lower() == 'auto' and dev_type == 'cuda'):
+    return optimizers
+
+
+def agree(run, *values):
+    """The largest of each value over all processes, so that they all decide the same."""
+    if not run.ddp:
+        return [float(v) for v in values]
+    t = torch.tensor(values, dtype=torch.float64, device=run.dev)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+def every_rank(run, rng_state):
+    """One process's RNG state, stacked with every other process's (rows in rank order)."""
+    if not run.ddp:
+        return rng_state[None]
+    rows = [torch.empty_like(rng_state, device=run.dev) for _ in range(run.world_size)]
+    dist.all_gather(rows, rng_state.to(run.dev))  # NCCL gathers only GPU tensors
+    return torch.stack(rows).cpu()
+
+
+def save(run, model, optimizers, state):
+    """Every process calls this: each one's RNG state goes in; process 0 writes the file. A LoRA run
+    saves only what trained, with the path and sha256 of the base checkpoint it needs."""
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        die(f"the weights are not finite at step {state.iter_num}; not saved, {state.ckpt_path} keeps the last good state")
+    rng = {'torch': every_rank(run, torch.get_rng_state()), 'data': state.data_rng.get_state(),
+           'cuda': every_rank(run, torch.cuda.get_rng_state()) if run.dev_type == 'cuda' else None}
+    weights = model.state_dict()
+    if state.lora:
+        weights = {k: v for k, v in weights.items() if 'lora_' in k}
+    if run.master:
+        os.makedirs(os.path.dirname(state.ckpt_path), exist_ok=True)
+        save_checkpoint(state.ckpt_path, {
+            'model_type': 'gpt', 'model': weights, 'optimizer': [o.state_dict() for o in optimizers],
+            'model_args': state.model_args, 'iter_num': state.iter_num, 'best_val_loss': state.best_val_loss,
+            'config': state.config, 'tokenizer': state.tokenizer, 'template': state.template, 'rng': rng,
+            **({'lora': state.lora, 'base': state.base} if state.lora else {})})
+
+
+def compile_and_wrap(run, model, data):
+    """torch.compile where asked (on CUDA by default), then DDP across processes."""
+    compiled = model
+    if str(compile).lower() == 'true' or (str(compile).lower() == 'auto' and run.dev_type == 'cuda'):
         try:  # compile now, on one batch, so that a failure shows here; the RNG is left as it was
-            model = torch.compile(raw_model)
-            with torch.random.fork_rng(devices=[dev] if dev_type == 'cuda' else []), ctx:
-                model(*get_batch(train_data, torch.zeros(batch_size, dtype=torch.long), block_size, dev))
+            compiled = torch.compile(model)
+            with torch.random.fork_rng(devices=[run.dev] if run.dev_type == 'cuda' else []), run.ctx:
+                T = model.block_size
+                compiled(*get_batch(data.train, data.train.random_starts((batch_size,), T, torch.Generator()), T, run.dev))
         except Exception as e:
-            log(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:100]}); running eagerly")
-            model = raw_model
-    train_model = DDP(model, device_ids=[local_rank] if dev_type == 'cuda' else None) if ddp else model
+            run.log(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:100]}); running eagerly")
+            compiled = model
+    wrapped = DDP(compiled, device_ids=[run.local_rank] if run.dev_type == 'cuda' else None) if run.ddp else compiled
+    return compiled, wrapped
 
-    def every_rank(state):
-        """One process's RNG state, stacked with every other process's (rows in rank order)."""
-        if not ddp:
-            return state[None]
-        rows = [torch.empty_like(state, device=dev) for _ in range(world_size)]
-        dist.all_gather(rows, state.to(dev))  # NCCL gathers only GPU tensors
-        return torch.stack(rows).cpu()
 
-    def checkpoint():
-        """Every process calls this: each one's RNG state goes in; process 0 writes the file."""
-        if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
-            die(f"the weights are not finite at step {iter_num}; not saved, {ckpt_path} keeps the last good state")
-        rng = {'torch': every_rank(torch.get_rng_state()), 'data': data_rng.get_state(),
-               'cuda': every_rank(torch.cuda.get_rng_state()) if dev_type == 'cuda' else None}
-        if master:
-            os.makedirs(os.path.dirname(ckpt_path), exist_ok=True)
-            save_checkpoint(ckpt_path, {
-                'model_type': 'gpt', 'model': raw_model.state_dict(), 'optimizer': [o.state_dict() for o in optimizers],
-                'model_args': model_args, 'iter_num': iter_num, 'best_val_loss': best_val_loss,
-                'config': config, 'chars': chars, 'rng': rng})
+def train_step(run, model, raw_model, optimizers, data, state):
+    """One optimizer step: the global batch is world_size x gradient_accumulation_steps micro-batches,
+    drawn alike on every process, each process taking its slice. Returns the last micro-batch's loss."""
+    T = raw_model.block_size
+    ix = data.train.random_starts((run.world_size * gradient_accumulation_steps, batch_size), T, state.data_rng)
+    for micro in range(gradient_accumulation_steps):
+        if run.ddp:  # only the last micro-step averages the gradients across processes
+            model.require_backward_grad_sync = micro == gradient_accumulation_steps - 1
+        x, y = get_batch(data.train, ix[run.rank * gradient_accumulation_steps + micro], T, run.dev)
+        with run.ctx:
+            _, loss = model(x, y)
+        run.scaler.scale(loss / gradient_accumulation_steps).backward()
+    if agree(run, not math.isfinite(loss.item()))[0]:
+        die(f"the loss is not finite at step {state.iter_num}; stopped, and {state.ckpt_path} keeps the last good "
+            f"state. Try a lower learning_rate")
+    if grad_clip > 0:
+        for opt in optimizers:
+            run.scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_([p for p in raw_model.parameters() if p.requires_grad], grad_clip)
+    for opt in optimizers:
+        run.scaler.step(opt)
+        opt.zero_grad(set_to_none=True)
+    run.scaler.update()
+    return loss.item()
 
-    # Ctrl-C or SIGTERM: finish the current step, save it, say how to resume, exit non-zero
-    stop = {'signal': 0}
-    def on_signal(signum, frame):
-        stop['signal'] = signum
+
+def write_csv(run, state, kind, train_loss='', val_loss=''):
+    """A row of <out_dir>/log.csv: 'train' (progress), 'eval' (the step lines) or 'final' (whole split)."""
+    if run.master:
+        fmt = lambda v: f"{v:.6f}" if isinstance(v, float) else v
+        with open(os.path.join(ROOT, out_dir, 'log.csv'), 'a') as f:
+            f.write(f"{kind},{state.iter_num},{state.iter_num * state.tokens_per_iter},{state.train_time:.3f},"
+                    f"{state.lr:.6g},{fmt(train_loss)},{fmt(val_loss)}\n")
+
+
+def train(run, raw_model, optimizers, data, state):
+    """Train until max_iters, max_time or a signal; evaluate and save every eval_interval steps."""
+    model, train_model = compile_and_wrap(run, raw_model, data)
+    caught = {'signal': 0}  # Ctrl-C or SIGTERM: finish the current step, save it, say how to resume, exit
     for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, on_signal)
-
-    tokens_per_iter = batch_size * block_size * gradient_accumulation_steps * world_size
-    if iter_num < max_iters:
-        log(f"tokens per optimizer step: {tokens_per_iter:,} = batch_size {batch_size} x block_size {block_size}"
-            f" x gradient_accumulation_steps {gradient_accumulation_steps} x processes {world_size}")
-    n_params = sum(p.numel() for p in raw_model.parameters())
-    flops_per_iter = (6 * n_params + 12 * n_layer * n_embd * block_size) * tokens_per_iter  # fwd + bwd
+        signal.signal(s, lambda signum, frame: caught.update(signal=signum))
+    T = raw_model.block_size
+    state.tokens_per_iter = batch_size * T * gradient_accumulation_steps * run.world_size
+    run.log(f"tokens per optimizer step: {state.tokens_per_iter:,} = batch_size {batch_size} x block_size {T}"
+            f" x gradient_accumulation_steps {gradient_accumulation_steps} x processes {run.world_size}")
+    cfg = state.model_args
+    flops_per_iter = (6 * sum(p.numel() for p in raw_model.parameters()) + 12 * cfg['n_layer'] * cfg['n_embd'] * T) * state.tokens_per_iter
     peak = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}  # dense bf16 FLOP/s
-    peak_flops = next((v for k, v in peak.items() if dev_type == 'cuda' and k in torch.cuda.get_device_name()), 0)
+    peak_flops = next((v for k, v in peak.items() if run.dev_type == 'cuda' and k in torch.cuda.get_device_name()), 0)
     decay_iters = lr_decay_iters or max_iters
     csv_path = os.path.join(ROOT, out_dir, 'log.csv')
-    if master:
+    if run.master and (not os.path.exists(csv_path) or init_from != 'resume'):
         os.makedirs(os.path.dirname(csv_path), exist_ok=True)
-        if not os.path.exists(csv_path) or init_from == 'scratch':
-            with open(csv_path, 'w') as f:
-                f.write('kind,iter,tokens,time_s,lr,train_loss,val_loss\n')
-    start_iter, t_start, train_time, lr = iter_num, time.time(), 0.0, get_lr(iter_num, 0, learning_rate, min_lr, warmup_iters)
-
-    def write_csv(kind, train_loss, val_loss=''):
-        if master:
-            with open(csv_path, 'a') as f:
-                f.write(f"{kind},{iter_num},{iter_num * tokens_per_iter},{train_time:.3f},{lr:.6g},{train_loss:.6f},{val_loss}\n")
-
-    def agree(*values):
-        """The largest of each value over all processes, so that they all decide the same."""
-        if not ddp:
-            return [float(v) for v in values]
-        t = torch.tensor(values, dtype=torch.float64, device=dev)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return t.tolist()
-
+        with open(csv_path, 'w') as f:
+            f.write('kind,iter,tokens,time_s,lr,train_loss,val_loss\n')
+    start_iter, t_start, state.train_time = state.iter_num, time.time(), 0.0
+    state.lr = get_lr(state.iter_num, 0, learning_rate, min_lr, warmup_iters)
     t0 = time.time()
     while True:
         # stop on the step count, the time budget, or a signal to any process
-        signum, train_time = agree(stop['signal'], time.time() - t_start)
+        signum, state.train_time = agree(run, caught['signal'], time.time() - t_start)
         signum = int(signum)
-        last_step = iter_num >= max_iters or (max_time > 0 and train_time >= max_time) or signum
-        if (iter_num % eval_interval == 0 or last_step) and not (init_from == 'resume' and iter_num == start_iter) and not signum:
-            losses = estimate_loss(model, {'train': train_data, 'val': val_data}, batch_size, block_size, eval_iters, dev, ctx)
-            log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        last_step = state.iter_num >= max_iters or (max_time > 0 and state.train_time >= max_time) or signum
+        if (state.iter_num % eval_interval == 0 or last_step) and not (init_from == 'resume' and state.iter_num == start_iter) and not signum:
+            # on instruction pairs, both losses count the response tokens only
+            losses = estimate_loss(model, {'train': data.train, 'val': data.val}, batch_size, T, eval_iters, run.dev, run.ctx)
+            run.log(f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             if not math.isfinite(losses['train'] + losses['val']):
-                die(f"the loss is not finite at step {iter_num}; not saved, {ckpt_path} keeps the last good state")
-            best_val_loss = min(best_val_loss, losses['val'])
-            write_csv('eval', losses['train'], f"{losses['val']:.6f}")
-            if iter_num > 0:
-                checkpoint()
+                die(f"the loss is not finite at step {state.iter_num}; not saved, {state.ckpt_path} keeps the last good state")
+            state.best_val_loss = min(state.best_val_loss, losses['val'])
+            write_csv(run, state, 'eval', losses['train'], losses['val'])
+            if state.iter_num > 0:
+                save(run, raw_model, optimizers, state)
             t0 = time.time()  # the eval is not training time for the next progress line
         if signum:
-            if iter_num > start_iter:
-                checkpoint()
-            log(f"{signal.Signals(signum).name} at step {iter_num}: "
-                f"{'saved ' + ckpt_path if iter_num > start_iter else 'nothing new to save'}; "
-                f"continue with the same command and --init_from=resume")
-            if ddp:
-                dist.barrier()
-                dist.destroy_process_group()
+            if state.iter_num > start_iter:
+                save(run, raw_model, optimizers, state)
+            run.log(f"{signal.Signals(signum).name} at step {state.iter_num}: "
+                    f"{'saved ' + state.ckpt_path if state.iter_num > start_iter else 'nothing new to save'}; "
+                    f"continue with the same command and --init_from=resume")
+            finish_processes(run)
             sys.exit(128 + signum)
         if last_step:
             break
-
         # how far the decay has gone: by steps after warmup, or by time used, whichever is further
-        progress = max((iter_num - warmup_iters) / max(decay_iters - warmup_iters, 1),
-                       train_time / max_time if max_time > 0 else 0.0)
-        lr = get_lr(iter_num, progress, learning_rate, min_lr, warmup_iters, schedule)
+        progress = max((state.iter_num - warmup_iters) / max(decay_iters - warmup_iters, 1),
+                       state.train_time / max_time if max_time > 0 else 0.0)
+        state.lr = get_lr(state.iter_num, progress, learning_rate, min_lr, warmup_iters, schedule)
         for opt in optimizers:
             for group in opt.param_groups:
-                group['lr'] = group['base_lr'] * lr / learning_rate
-        # the global batch: world_size x gradient_accumulation_steps micro-batches, drawn alike everywhere
-        ix = torch.randint(len(train_data) - block_size, (world_size * gradient_accumulation_steps, batch_size),
-                           generator=data_rng)
-        for micro in range(gradient_accumulation_steps):
-            if ddp:  # only the last micro-step averages the gradients across processes
-                train_model.require_backward_grad_sync = micro == gradient_accumulation_steps - 1
-            x, y = get_batch(train_data, ix[rank * gradient_accumulation_steps + micro], block_size, dev)
-            with ctx:
-                _, loss = train_model(x, y)
-            scaler.scale(loss / gradient_accumulation_steps).backward()
-        if agree(not math.isfinite(loss.item()))[0]:
-            die(f"the loss is not finite at step {iter_num}; stopped, and {ckpt_path} keeps the last good "
-                f"state. Try a lower learning_rate")
-        if grad_clip > 0:
-            for opt in optimizers:
-                scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
-        for opt in optimizers:
-            scaler.step(opt)
-            opt.zero_grad(set_to_none=True)
-        scaler.update()
-        iter_num += 1
-
-        if iter_num % log_interval == 0 and master:
+                group['lr'] = group['base_lr'] * state.lr / learning_rate
+        loss = train_step(run, train_model, raw_model, optimizers, data, state)
+        state.iter_num += 1
+        if state.iter_num % log_interval == 0 and run.master:
             dt = (time.time() - t0) / log_interval
             t0 = time.time()
-            eta = (max_iters - iter_num) * dt
+            eta = (max_iters - state.iter_num) * dt
             if max_time > 0:
                 eta = min(eta, max_time - (time.time() - t_start))
             mfu = f", mfu {100 * flops_per_iter / dt / peak_flops:.1f}%" if peak_flops else ''
-            print(f"iter {iter_num}: loss {loss.item():.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
-                  f"{tokens_per_iter / dt:,.0f} tok/s{mfu}, eta {eta:.0f}s")
-            write_csv('train', loss.item())
-
+            print(f"iter {state.iter_num}: loss {loss:.4f}, lr {state.lr:.2e}, {dt * 1000:.1f} ms/iter, "
+                  f"{state.tokens_per_iter / dt:,.0f} tok/s{mfu}, eta {eta:.0f}s")
+            write_csv(run, state, 'train', loss)
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_DFL)
-    if ddp:
+    if state.iter_num > start_iter:
+        run.log(f"trained {state.iter_num - start_iter} steps in {state.train_time:.1f}s; saved {state.ckpt_path}")
+    return state.iter_num > start_iter
+
+
+def finish_processes(run):
+    if run.ddp:
         dist.barrier()  # leave together: no process exits while another still talks to it
         dist.destroy_process_group()
-    if not master:
-        return
-    if iter_num > start_iter:
-        print(f"trained {iter_num - start_iter} steps in {train_time:.1f}s; saved {ckpt_path}")
-        if dev_type == 'cuda':
-            print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB")
-        print(f"whole-split val loss {full_val_loss(raw_model, val_data, block_size, dev, batch_size, ctx):.4f} "
-              f"({len(val_data) - 1:,} predictions)")
-    raw_model.eval()
-    g = torch.Generator(device=dev).manual_seed(seed)
-    idx = torch.tensor([[stoi[c] for c in prompt]] * num_samples, dtype=torch.long, device=dev)
-    with ctx:
-        out = raw_model.generate(idx, max_new_tokens, temperature, top_k, top_p, kv_cache, g)
+
+
+def inference_model(model, state):
+    """The model to evaluate and sample after training: LoRA merged into fp32 weights, then the blocks'
+    weights in int8 or NF4 if quantize asks. A QLoRA model stays as it trained (4-bit base plus its
+    adapters): merging would mean quantizing the merged weights again."""
+    if state.lora and not state.lora['quantize']:
+        merge_lora(model)
+    if quantize and not (state.lora and state.lora['quantize']):
+        fp32 = weight_bytes(model)
+        quantize_model(model, quantize)
+        print(f"quantized the blocks' Linear weights to {quantize}: {fp32 / 2**20:.2f} MiB -> "
+              f"{weight_bytes(model) / 2**20:.2f} MiB ({fp32 / weight_bytes(model):.1f}x smaller)")
+    return model.eval()
+
+
+@torch.no_grad()
+def exact_match(model, split, tok, end, tasks, device, ctx):
+    """Answer every held-out pair greedily and compare with its response, exactly: the share right per task."""
+    ids, mask, bounds = np.asarray(split.ids), np.asarray(split.mask), [*split.starts, len(split)]
+    pairs = []  # (prompt ids, the response's length in tokens, the response's text)
+    for s, e in zip(bounds, bounds[1:]):
+        r = s + int(np.argmax(mask[s:e]))  # the response's first token
+        pairs.append((ids[s:r].tolist(), e - r, tok.decode(ids[r:e].tolist()).removesuffix(end)))
+    right = [False] * len(pairs)
+    by_length = {}  # prompts of one length sample as one batch
+    for i, (p, _, _) in enumerate(pairs):
+        by_length.setdefault(len(p), []).append(i)
+    for group in by_length.values():
+        for b in range(0, len(group), 256):
+            chunk = group[b:b + 256]
+            idx = torch.tensor([pairs[i][0] for i in chunk], dtype=torch.long, device=device)
+            with ctx:
+                out = model.generate(idx, max(pairs[i][1] for i in chunk) + 1, temperature=0,
+                                     done=lambda new: end in tok.decode(new))
+            for i, row in zip(chunk, out[:, idx.size(1):].tolist()):
+                text = tok.decode(row)
+                right[i] = end in text and text[:text.index(end)] == pairs[i][2]
+    names = tasks if tasks and len(tasks) == len(pairs) else ['all'] * len(pairs)
+    score = {t: 100 * np.mean([r for r, n in zip(right, names) if n == t]) for t in dict.fromkeys(names) if t != 'all'}
+    return {**score, 'all': 100 * np.mean(right)}
+
+
+def evaluate(run, model, data, state):
+    """The final whole-split evaluation: val loss, bits per byte, and exact match on instruction pairs."""
+    token_bytes = torch.tensor(data.tok.token_bytes)
+    loss, bpb, count = full_val_loss(model, data.val, model.block_size, run.dev, batch_size, run.ctx, token_bytes)
+    what = 'predictions' if data.val.mask is None else 'response tokens'
+    print(f"whole-split val loss {loss:.4f} ({count:,} {what}), val bpb {bpb:.4f}")
+    if data.val.mask is not None:
+        score = exact_match(model, data.val, data.tok, state.template['end'], data.meta.get('val_tasks'), run.dev, run.ctx)
+        print('exact match: ' + ', '.join(f"{task} {pct:.1f}%" for task, pct in score.items()))
+    return loss
+
+
+def sample(run, model, data, state):
+    """num_samples continuations of the prompt. A sample ends at `stop`; for a model trained on instruction
+    pairs, the prompt is put in the pairs' template and the default stop is their end marker."""
+    sep, end = state.template.get('sep', ''), stop or state.template.get('end', '')
+    g = torch.Generator(device=run.dev).manual_seed(seed)
+    ids = data.tok.encode(prompt + sep)
+    idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=run.dev)
+    done = (lambda new: end in data.tok.decode(new)) if end else None
+    with run.ctx:
+        out = model.generate(idx, max_new_tokens, temperature, top_k, top_p, kv_cache, g, done)
     for row in out.tolist():
-        print(''.join(chars[i] for i in row))
+        text = data.tok.decode(row[len(ids):])
+        print(prompt + sep + (text[:text.index(end)] if end and end in text else text))
         print('---------------')
+
+
+def main():
+    data = load_data(dataset)  # token ids, loss masks, the tokenizer
+    check_config(data)
+    run = setup_processes()  # one process or torchrun's; device and precision
+    model, state = build_model(run, data)  # scratch, resume, or a checkpoint to fine-tune
+    if eval_only:  # model, then evaluate
+        return evaluate(run, inference_model(model, state), data, state)
+    trained = False
+    if state.iter_num < max_iters:
+        optimizers = make_optimizers(run, model, state)
+        trained = train(run, model, optimizers, data, state)
+    elif init_from not in ('scratch', 'resume') and run.master:  # max_iters=0 from a checkpoint: write it out
+        if state.lora:  # ... as an ordinary checkpoint, with a LoRA update merged in
+            merge_lora(model)
+            state.lora = None
+        save(run, model, [], state)
+        print(f"wrote {state.ckpt_path}: the model of {init_from}, as an ordinary checkpoint")
+    finish_processes(run)
+    if not run.master:
+        return
+    model = inference_model(model, state)
+    if trained:
+        write_csv(run, state, 'final', '', evaluate(run, model, data, state))
+    sample(run, model, data, state)  # sample-only (init_from=resume, max_iters=0): model, then sample
 
 
 if __name__ == '__main__':

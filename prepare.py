@@ -1,30 +1,41 @@
 """
-Make a character-level dataset for bigram.py and gpt.py.
+Make a dataset for bigram.py and gpt.py: token ids for a train and a val split, and the tokenizer.
 
-    python prepare.py                                  # download Tiny Shakespeare
+    python prepare.py                                  # download Tiny Shakespeare -> data/shakespeare_char/
     python prepare.py --input=path/to/input.txt        # any local UTF-8 text (offline use)
-    python prepare.py --input=my.txt --dataset=mine    # writes data/mine/ instead
+    python prepare.py --tokenizer=bpe                  # byte-level BPE -> data/shakespeare_bpe/
+    python prepare.py --input=my.txt --dataset=mine --tokenizer_from=shakespeare_char   # your text, a model's tokenizer
+    python prepare.py --input=pairs.jsonl --format=pairs --dataset=sft --tokenizer_from=shakespeare_char
+    python prepare.py --format=tasks --tokenizer_from=shakespeare_char   # instruction pairs -> data/shakespeare_tasks/
 
-Writes data/<dataset>/train.bin and val.bin (token ids as uint16: the first 90% of the
-text and the last 10%) and meta.json (the vocabulary, as JSON).
+Writes data/<dataset>/train.bin and val.bin (token ids as uint16: the first 90% of the text and the
+last 10%, cut before tokenizing) and meta.json (the tokenizer, as JSON). Instruction pairs also get
+train_mask.bin and val_mask.bin (uint8: 1 where a token belongs to a response).
 """
 import hashlib
 import json
 import os
+import random
 import sys
 
 import numpy as np
 
 from configurator import configure
+from tokenizer import BPETokenizer, CharTokenizer, from_description
 
 # -----------------------------------------------------------------------------
-input = ''  # a local UTF-8 text file; empty means download `url`
-dataset = 'shakespeare_char'  # output folder: data/<dataset>/
+input = ''  # a local UTF-8 text file (JSONL with format='pairs'); empty means download `url`
+dataset = ''  # output folder data/<dataset>/; empty means shakespeare_char, shakespeare_bpe or shakespeare_tasks
+tokenizer = 'char'  # 'char' (one token per character) or 'bpe' (byte-level BPE trained on the train split)
+vocab_size = 1024  # bpe only: the 256 bytes plus vocab_size - 256 merges
+tokenizer_from = ''  # a prepared dataset whose tokenizer encodes this text (to fine-tune a model trained on it)
+format = 'text'  # 'text'; 'pairs': JSONL lines {"prompt": ..., "response": ...}; 'tasks': pairs made from the text's lines
 url = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 sha256 = '86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed'  # of `url`; '' skips the check
 timeout = 30.0  # seconds to wait for the server
 # -----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.abspath(__file__))
+SEP, END = '\n', '\n\n'  # an instruction pair is rendered as prompt + SEP + response + END
 
 
 def die(msg):
@@ -62,6 +73,7 @@ def download(url, path, sha256, timeout):
         die(f"download failed: could not reach {url} ({type(e).__name__}); {hint}")
     if sha256 and hashlib.sha256(r.content).hexdigest() != sha256:
         die(f"download from {url} has the wrong sha256 ({len(r.content)} bytes), not saved; {hint}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     write_atomic(path, r.content)
 
 
@@ -81,37 +93,142 @@ def read_text(path):
         die(f"input file '{path}' is not valid UTF-8 (byte {raw[e.start]:#04x} at offset {e.start})")
 
 
-def encode(text):
-    """The sorted vocabulary and the text as an array of indices into it."""
-    codes = np.frombuffer(text.encode('utf-32-le'), dtype=np.uint32)  # one code point per char
-    vocab = np.unique(codes)
-    if len(vocab) > 65536:
-        die(f"the text has {len(vocab)} distinct characters; uint16 ids hold at most 65536")
-    return [chr(c) for c in vocab], np.searchsorted(vocab, codes).astype(np.uint16)
+def read_pairs(text, path):
+    """[(prompt, response)] from JSONL, one {"prompt": str, "response": str} object per line."""
+    pairs = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            die(f"{path} line {n}: not valid JSON ({e.msg})")
+        if not isinstance(obj, dict) or not all(isinstance(obj.get(k), str) for k in ('prompt', 'response')):
+            die(f"{path} line {n}: needs string values for both \"prompt\" and \"response\"")
+        if END in obj['prompt'] + SEP + obj['response']:
+            die(f"{path} line {n}: a pair must not hold a blank line ({END!r} marks the end of a response)")
+        pairs.append((obj['prompt'], obj['response']))
+    return pairs
+
+
+TASKS = {  # instructions a small model can learn; the instruction is part of the prompt
+    'upper': lambda line: line.upper(),
+    'first': lambda line: line.split()[0],
+    'last': lambda line: line.split()[-1],
+    'reverse': lambda line: ' '.join(line.split()[::-1]),
+}
+
+
+def make_tasks(text, n_lines=5000, seed=0):
+    """Instruction pairs from the text's lines of 8 to 24 characters: every task on every line. The lines
+    are shuffled once and split 90/10, so the val pairs ask about lines that training never saw."""
+    lines = sorted({' '.join(l.split()) for l in text.splitlines() if 8 <= len(' '.join(l.split())) <= 24})
+    random.Random(seed).shuffle(lines)
+    lines = [l for l in lines if len(l.split()) >= 2][:n_lines]
+    return [(f"{task}: {line}", fn(line), task) for line in lines for task, fn in TASKS.items()]
+
+
+def encode_pairs(tok, pairs):
+    """Ids and loss mask for the rendered pairs: mask 1 on the response and the end marker."""
+    ids, mask = [], []
+    for prompt, response in pairs:
+        p, r = tok.encode(prompt + SEP), tok.encode(response + END)
+        ids += p + r
+        mask += [0] * len(p) + [1] * len(r)
+    return ids, mask
+
+
+def load_tokenizer(name):
+    try:
+        with open(os.path.join(ROOT, 'data', name, 'meta.json'), encoding='utf-8') as f:
+            meta = json.load(f)
+        return from_description(meta['tokenizer'] if 'tokenizer' in meta else {'type': 'char', 'chars': meta['chars']})
+    except (OSError, ValueError, KeyError) as e:
+        die(f"--tokenizer_from={name}: data/{name}/meta.json is missing or malformed ({e}); prepare that dataset first")
+
+
+def check_knobs():
+    if tokenizer not in ('char', 'bpe'):
+        die(f"--tokenizer must be 'char' or 'bpe', not '{tokenizer}'")
+    if tokenizer == 'bpe' and not 256 <= vocab_size <= 65536:
+        die(f"--vocab_size must be in [256, 65536] for bpe (256 = bytes only; ids are uint16), not {vocab_size}")
+    if format not in ('text', 'pairs', 'tasks'):
+        die(f"--format must be 'text', 'pairs' or 'tasks', not '{format}'")
+    if format == 'pairs' and not input:
+        die("--format=pairs needs --input=FILE.jsonl")
+    if tokenizer_from and not dataset and format != 'tasks':
+        die("--tokenizer_from makes a new dataset: name it with --dataset=NAME")
 
 
 def main():
-    if not dataset or os.sep in dataset or dataset in ('.', '..'):
-        die(f"--dataset must be a plain folder name, not '{dataset}'")
-    out = os.path.join(ROOT, 'data', dataset)
-    os.makedirs(out, exist_ok=True)
+    check_knobs()
+    name = dataset or {'tasks': 'shakespeare_tasks'}.get(format, f'shakespeare_{tokenizer}')
+    if os.sep in name or name in ('.', '..'):
+        die(f"--dataset must be a plain folder name, not '{name}'")
+    out = os.path.join(ROOT, 'data', name)
+    tok = load_tokenizer(tokenizer_from) if tokenizer_from else None
+    old = os.path.join(out, 'meta.json')
+    if os.path.exists(old):  # never swap what kind of data a folder holds behind the user's back
+        with open(old, encoding='utf-8') as f:
+            before = json.load(f)
+        was = (before.get('tokenizer', {}).get('type', 'char'), before.get('format', 'text'))
+        now = (tok.describe()['type'] if tok else tokenizer, format)
+        if was != now:
+            die(f"data/{name} holds a {was[0]} {was[1]} dataset; give another --dataset, or delete data/{name} first")
     path = input
     if not path:
         path = os.path.join(out, 'input.txt')
         download(url, path, sha256, timeout)
     text = read_text(path)
-    chars, ids = encode(text)
-    n = int(0.9 * len(ids))
-    if n == 0 or n == len(ids):
-        die(f"input file '{path}' has {len(ids)} characters; too short to split 90/10")
-    write_atomic(os.path.join(out, 'train.bin'), ids[:n].tobytes())
-    write_atomic(os.path.join(out, 'val.bin'), ids[n:].tobytes())
-    meta = {'vocab_size': len(chars), 'chars': chars}
-    write_atomic(os.path.join(out, 'meta.json'), json.dumps(meta).encode())
-    print(f"length of dataset in characters: {len(text):,}")
-    print(f"vocab size: {len(chars):,}")
-    print(f"train has {n:,} tokens, val has {len(ids) - n:,} tokens")
-    print(f"wrote {out}/train.bin, val.bin, meta.json")
+    if format == 'text':
+        n = int(0.9 * len(text))  # cut the text, so the val text is the same whatever the tokenizer
+        if n == 0 or n == len(text):
+            die(f"input file '{path}' has {len(text)} characters; too short to split 90/10")
+        parts, tasks = (text[:n], text[n:]), None
+    else:
+        pairs = read_pairs(text, path) if format == 'pairs' else make_tasks(text)
+        n = int(0.9 * len(pairs))  # by pair, never inside one
+        if n == 0 or n == len(pairs):
+            die(f"input file '{path}' has {len(pairs)} pairs; too few to split 90/10")
+        parts, tasks = (pairs[:n], pairs[n:]), [t for *_, t in pairs[n:]] if format == 'tasks' else None
+        rendered = [p + SEP + r + END for p, r, *_ in pairs]
+    if tok is None:
+        corpus = text if format == 'text' else ''.join(rendered)
+        tok = CharTokenizer.train(corpus) if tokenizer == 'char' else \
+            BPETokenizer.train(corpus[:int(0.9 * len(corpus))] if format == 'text' else ''.join(rendered[:n]), vocab_size)
+    missing = tok.unknown(text if format == 'text' else ''.join(rendered))
+    if missing:
+        die(f"the text has characters that the tokenizer of '{tokenizer_from}' lacks: {missing[:30]}"
+            f"{f' and {len(missing) - 30} more' if len(missing) > 30 else ''}; use a bpe dataset's tokenizer, "
+            f"or prepare a new char dataset without --tokenizer_from")
+    if tok.vocab_size > 65536:
+        die(f"the text has {tok.vocab_size} distinct characters; uint16 ids hold at most 65536")
+    os.makedirs(out, exist_ok=True)
+    files = {}
+    for split, part in zip(('train', 'val'), parts):
+        if format == 'text':
+            files[f'{split}.bin'] = np.array(tok.encode(part), dtype=np.uint16)
+        else:
+            ids, mask = encode_pairs(tok, [pair[:2] for pair in part])
+            files[f'{split}.bin'], files[f'{split}_mask.bin'] = np.array(ids, np.uint16), np.array(mask, np.uint8)
+    val_text = parts[1] if format == 'text' else ''.join(rendered[n:])
+    meta = {'tokenizer': tok.describe(), 'vocab_size': tok.vocab_size, 'format': format,
+            'val_bytes': len(val_text.encode('utf-8'))}
+    if format != 'text':
+        meta.update(sep=SEP, end=END, val_tasks=tasks)
+        files['pairs.jsonl'] = ''.join(json.dumps({'prompt': p, 'response': r}) + '\n' for p, r, *_ in pairs).encode()
+    for fname, content in files.items():
+        write_atomic(os.path.join(out, fname), content if isinstance(content, bytes) else content.tobytes())
+    write_atomic(old, json.dumps(meta).encode())  # last: a dataset with meta.json is complete
+    if format == 'text':
+        print(f"length of dataset in characters: {len(text):,}")
+    else:
+        print(f"{len(pairs):,} pairs: {n:,} train, {len(pairs) - n:,} val" + (f" (tasks: {', '.join(TASKS)})" if tasks else ''))
+    print(f"tokenizer: {tok.describe()['type']}" + (f" from {tokenizer_from}" if tokenizer_from else ''))
+    print(f"vocab size: {tok.vocab_size:,}")
+    n_train, n_val = len(files['train.bin']), len(files['val.bin'])
+    print(f"train has {n_train:,} tokens, val has {n_val:,} tokens ({meta['val_bytes'] / n_val:.2f} bytes per val token)")
+    print(f"wrote {out}/{', '.join(files)}, meta.json")
 
 
 if __name__ == '__main__':

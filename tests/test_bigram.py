@@ -20,7 +20,7 @@ def val_lines(out):
 
 def test_loss_goes_down():
     torch.manual_seed(0)
-    data = np.tile(np.arange(10, dtype=np.uint16), 100)  # 0 1 2 ... 9 0 1 ...: perfectly predictable
+    data = bigram.Split(np.tile(np.arange(10, dtype=np.uint16), 100))  # 0 1 2 ... 9 0 1 ...: perfectly predictable
     model = bigram.BigramLanguageModel(10)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     ix = torch.randint(len(data) - 8, (16,))
@@ -41,7 +41,8 @@ def test_full_val_loss_predicts_every_token_once():
     exact = F.cross_entropy(table[torch.from_numpy(data[:-1].astype(np.int64))],
                             torch.from_numpy(data[1:].astype(np.int64))).item()
     for block_size in (8, 10, 1000):  # windows that do and don't divide the split evenly
-        assert bigram.full_val_loss(model, data, block_size, 'cpu', batch_size=3) == pytest.approx(exact, rel=1e-5)
+        loss, _, count = bigram.full_val_loss(model, bigram.Split(data), block_size, 'cpu', batch_size=3)
+        assert count == len(data) - 1 and loss == pytest.approx(exact, rel=1e-5)
 
 
 def test_train_resume_and_sample(proj):

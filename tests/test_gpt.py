@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import gpt
+from tokenizer import CharTokenizer
 
 V = 11
 
@@ -142,9 +143,9 @@ def test_checkpoint_round_trip(tmp_path):
     model = tiny()
     path = str(tmp_path / 'ckpt.pt')
     chars = [chr(ord('a') + i) for i in range(V)]
-    gpt.save_checkpoint(path, {'model_type': 'gpt', 'model': model.state_dict(), 'chars': chars,
+    gpt.save_checkpoint(path, {'model_type': 'gpt', 'model': model.state_dict(), 'chars': chars, 'model_args': {},
                                'rng': {'torch': torch.get_rng_state()}, 'config': {'dropout': 0.0}})
-    ckpt = gpt.load_checkpoint(path, 'gpt', chars)
+    ckpt = gpt.load_checkpoint(path, 'gpt', CharTokenizer(chars))  # an older checkpoint: 'chars', no 'tokenizer'
     other = tiny(seed=1)
     other.load_state_dict(ckpt['model'])
     idx = torch.randint(V, (2, 16))
@@ -159,4 +160,5 @@ def test_full_val_loss_matches_the_mean_over_windows():
     # windows 0-8, 8-16, ... 40-44: 44 predictions in all
     nll = sum(model(tensor[None, s:min(s + 8, 44)], tensor[None, s + 1:min(s + 9, 45)])[1].item() * (min(s + 8, 44) - s)
               for s in range(0, 44, 8))
-    assert gpt.full_val_loss(model, data, 8, 'cpu', batch_size=2) == pytest.approx(nll / 44, rel=1e-5)
+    loss, _, count = gpt.full_val_loss(model, gpt.Split(data), 8, 'cpu', batch_size=2)
+    assert count == 44 and loss == pytest.approx(nll / 44, rel=1e-5)

@@ -36,7 +36,8 @@ def test_train_log_and_sample(trained):
     assert sum(row.startswith('eval,') for row in rows) == 3 and sum(row.startswith('train,') for row in rows) == 4
     ckpt = torch.load(proj / 'out' / 'ckpt.pt', weights_only=True)
     assert ckpt['iter_num'] == 20 and ckpt['model_args']['n_layer'] == 2 and ckpt['config']['dropout'] == 0.1
-    assert set(ckpt) >= {'model', 'optimizer', 'best_val_loss', 'chars', 'rng'}
+    assert set(ckpt) >= {'model', 'optimizer', 'best_val_loss', 'tokenizer', 'rng'} and ckpt['tokenizer']['type'] == 'char'
+    assert rows[-1].startswith('final,20,') and re.search(r'whole-split val loss [\d.]+ \(\d+ predictions\), val bpb [\d.]+$', r.stdout, re.M)
 
 
 def test_resume_is_exact(trained):
@@ -69,7 +70,7 @@ class Evil:
 
 @pytest.mark.parametrize('args, message', [
     (['--init_from=resume', '--out_dir=empty'], 'no checkpoint'),
-    (['--init_from=gpt2'], "init_from must be 'scratch' or 'resume'"),
+    (['--init_from=gpt2'], "init_from must be 'scratch', 'resume' or a checkpoint's path"),
     (['--n_head=3'], 'must be a multiple of n_head'),
     (['--block_size=100000'], 'must be shorter than both splits'),
     (['--n_layer=0'], 'must be positive'),

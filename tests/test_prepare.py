@@ -9,14 +9,15 @@ import time
 import numpy as np
 import pytest
 
-import prepare
+from tokenizer import CharTokenizer
 from conftest import CORPUS, SHAKESPEARE, one_line_error, run
 
 
 def test_encode_round_trip_with_non_ascii():
-    chars, ids = prepare.encode(CORPUS)
-    assert chars == sorted(set(CORPUS)) and ids.dtype == np.uint16
-    assert ''.join(chars[i] for i in ids) == CORPUS
+    tok = CharTokenizer.train(CORPUS)
+    ids = tok.encode(CORPUS)
+    assert tok.chars == sorted(set(CORPUS)) and max(ids) < tok.vocab_size
+    assert ''.join(tok.chars[i] for i in ids) == tok.decode(ids) == CORPUS
 
 
 def test_outputs(proj):
@@ -24,9 +25,11 @@ def test_outputs(proj):
     meta = json.loads((folder / 'meta.json').read_text())
     train = np.fromfile(folder / 'train.bin', dtype=np.uint16)
     val = np.fromfile(folder / 'val.bin', dtype=np.uint16)
-    assert meta['vocab_size'] == len(meta['chars']) == len(set(CORPUS))
+    assert meta['tokenizer']['type'] == 'char' and meta['format'] == 'text'
+    assert meta['vocab_size'] == len(meta['tokenizer']['chars']) == len(set(CORPUS))
+    assert meta['val_bytes'] == len(CORPUS[len(train):].encode('utf-8'))
     assert len(train) == int(0.9 * len(CORPUS)) and len(train) + len(val) == len(CORPUS)
-    assert ''.join(meta['chars'][i] for i in np.concatenate([train, val])) == CORPUS
+    assert ''.join(meta['tokenizer']['chars'][i] for i in np.concatenate([train, val])) == CORPUS
     assert not list(folder.glob('*.pkl')) and not list(folder.glob('*.tmp'))
 
 

@@ -1,0 +1,169 @@
+"""
+Text to token ids and back. Two tokenizers with the same face:
+
+    tok.encode(text) -> list of ids      tok.decode(ids) -> text
+    tok.vocab_size                       tok.describe() -> plain JSON-able dict (saved in meta.json)
+
+- CharTokenizer: one id per character of the training text (the lecture's tokenizer).
+- BPETokenizer: byte-level byte-pair encoding (GPT-2's idea). It starts from the 256 byte values, so
+  any text encodes; training merges the most frequent adjacent pair into a new token, again and
+  again, inside word-like chunks cut by a regex, until the vocabulary is full.
+
+    from tokenizer import BPETokenizer, from_description
+    tok = BPETokenizer.train(text, vocab_size=1024)
+    same = from_description(tok.describe())
+"""
+import re
+from collections import Counter, defaultdict
+
+import numpy as np
+
+# Pre-split text into chunks so that merges never cross them: a contraction, a run of letters, up to
+# three digits, a run of punctuation (each optionally led by one space), or whitespace. GPT-2/GPT-4's
+# idea, written for the standard library's `re`: [^\W\d_] is "a letter" (\w without digits and _).
+SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d{1,3}| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
+
+
+class CharTokenizer:
+
+    def __init__(self, chars):
+        self.chars = list(chars)
+        self.vocab_size = len(self.chars)
+        self.codes = np.array([ord(c) for c in self.chars], dtype=np.uint32)  # sorted, for searchsorted
+        self.token_bytes = [len(c.encode('utf-8')) for c in self.chars]  # for bits per byte
+
+    @classmethod
+    def train(cls, text):
+        return cls(sorted(set(text)))
+
+    def unknown(self, text):
+        """The characters of text that this vocabulary lacks, sorted."""
+        return sorted(set(text) - set(self.chars))
+
+    def encode(self, text):
+        missing = self.unknown(text)
+        if missing:
+            raise ValueError(f"characters not in the vocabulary: {missing[:20]}"
+                             + (f" and {len(missing) - 20} more" if len(missing) > 20 else ''))
+        codes = np.frombuffer(text.encode('utf-32-le'), dtype=np.uint32)  # one code point per character
+        return np.searchsorted(self.codes, codes).tolist()
+
+    def decode(self, ids):
+        return ''.join(self.chars[i] for i in ids)
+
+    def describe(self):
+        return {'type': 'char', 'chars': self.chars}
+
+
+def merge(ids, pair, new_id):
+    """ids with every occurrence of pair, left to right, replaced by new_id."""
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and ids[i] == pair[0] and ids[i + 1] == pair[1]:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+class BPETokenizer:
+
+    def __init__(self, merges, pattern=SPLIT):
+        self.merges = [tuple(p) for p in merges]  # merges[k] made token 256 + k
+        self.pattern = pattern
+        self.split = re.compile(pattern)
+        self.rank = {p: k for k, p in enumerate(self.merges)}
+        self.vocab = [bytes([b]) for b in range(256)]  # id -> the bytes it stands for
+        for a, b in self.merges:
+            self.vocab.append(self.vocab[a] + self.vocab[b])
+        self.vocab_size = len(self.vocab)
+        self.token_bytes = [len(b) for b in self.vocab]  # for bits per byte
+        self.cache = {}  # chunk -> ids: a text repeats its words, so each distinct chunk is encoded once
+
+    @classmethod
+    def train(cls, text, vocab_size, verbose=False):
+        """Learn vocab_size - 256 merges from text. Each distinct chunk is kept once with its count, and
+        after a merge only the chunks that held the pair are recounted, not the whole text."""
+        chunks = Counter(re.findall(SPLIT, text))
+        words = [list(c.encode('utf-8')) for c in chunks]  # each distinct chunk as byte ids
+        counts = list(chunks.values())
+        pairs = Counter()  # adjacent pair -> how often it occurs in the whole text
+        where = defaultdict(set)  # adjacent pair -> the words that hold it
+        for w, (word, n) in enumerate(zip(words, counts)):
+            for pair in zip(word, word[1:]):
+                pairs[pair] += n
+                where[pair].add(w)
+        merges = []
+        while 256 + len(merges) < vocab_size and pairs:
+            best = max(pairs, key=pairs.get)  # the most frequent pair (the first seen, on a tie)
+            new_id = 256 + len(merges)
+            merges.append(best)
+            for w in where.pop(best):
+                word, n = words[w], counts[w]
+                for pair in zip(word, word[1:]):  # take the word's old pairs out ...
+                    pairs[pair] -= n
+                    if pairs[pair] == 0:
+                        del pairs[pair]
+                words[w] = word = merge(word, best, new_id)
+                for pair in zip(word, word[1:]):  # ... and its new ones in
+                    pairs[pair] += n
+                    where[pair].add(w)
+            if verbose and len(merges) % 256 == 0:
+                print(f"bpe: {len(merges)} merges, the last makes {bytes(cls(merges).vocab[-1])!r}")
+        if 256 + len(merges) < vocab_size:
+            print(f"bpe: the text has no more pairs to merge; stopped early at vocab size {256 + len(merges)} "
+                  f"(asked for {vocab_size})")
+        return cls(merges)
+
+    def encode_chunk(self, chunk):
+        ids = list(chunk.encode('utf-8'))
+        while len(ids) >= 2:  # apply the earliest-learned merge first, as training did
+            pair = min(zip(ids, ids[1:]), key=lambda p: self.rank.get(p, len(self.rank)))
+            if pair not in self.rank:
+                break
+            ids = merge(ids, pair, 256 + self.rank[pair])
+        return ids
+
+    def encode(self, text):
+        out = []
+        for chunk in self.split.findall(text):
+            ids = self.cache.get(chunk)
+            if ids is None:
+                ids = self.cache[chunk] = self.encode_chunk(chunk)
+            out.extend(ids)
+        return out
+
+    def decode(self, ids):
+        # a sequence can end inside a multi-byte character: such bytes become U+FFFD, never an error
+        return b''.join(self.vocab[i] for i in ids).decode('utf-8', errors='replace')
+
+    def unknown(self, text):
+        return []  # bytes cover every text
+
+    def describe(self):
+        return {'type': 'bpe', 'merges': [list(p) for p in self.merges], 'pattern': self.pattern}
+
+
+def from_description(desc):
+    """A tokenizer from describe()'s dict (as meta.json and checkpoints hold it); ValueError if malformed."""
+    kind = desc.get('type') if isinstance(desc, dict) else None
+    if kind == 'char':
+        chars = desc.get('chars')
+        if not (isinstance(chars, list) and chars and all(isinstance(c, str) and len(c) == 1 for c in chars)
+                and chars == sorted(set(chars))):
+            raise ValueError("a char tokenizer needs 'chars': a sorted list of distinct single characters")
+        return CharTokenizer(chars)
+    if kind == 'bpe':
+        merges, pattern = desc.get('merges'), desc.get('pattern', SPLIT)
+        ok = isinstance(merges, list) and isinstance(pattern, str)
+        for k, p in enumerate(merges if ok else []):
+            ok = ok and isinstance(p, list) and len(p) == 2 and all(type(i) is int and 0 <= i < 256 + k for i in p)
+        if not ok:
+            raise ValueError("a bpe tokenizer needs 'merges': a list of [a, b] id pairs, each made of earlier ids")
+        try:
+            return BPETokenizer(merges, pattern)
+        except re.error as e:
+            raise ValueError(f"its split pattern does not compile ({e})")
+    raise ValueError(f"unknown tokenizer type {kind!r} (expected 'char' or 'bpe')")
