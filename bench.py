@@ -1,6 +1,7 @@
 """
 Benchmark any gpt.py config: training speed, MFU, val loss after a fixed wall-clock budget,
-generation speed with and without the KV cache, and peak memory. Prints a table.
+generation speed with and without the KV cache, in fp32, int8 and NF4 weights, and peak memory.
+Prints a table.
 
     python bench.py                                   # gpt.py's defaults, 60 s of training
     python bench.py config/lecture_gpu.py --device=cuda --budget=120
@@ -18,6 +19,8 @@ import sys
 import tempfile
 import time
 
+import copy
+
 import torch
 
 import gpt
@@ -30,6 +33,14 @@ gen_tokens = 500  # tokens per generation timing
 gen_repeats = 3  # timings per setting; the median is reported
 peak_flops = 0.0  # your device's peak FLOP/s, for an MFU estimate where gpt.py knows none (CPUs)
 # -----------------------------------------------------------------------------
+
+
+def timed(fn, dev):
+    t0 = time.perf_counter()
+    fn()
+    if dev.startswith('cuda'):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
 
 def main(gpt_args):
@@ -46,7 +57,7 @@ def main(gpt_args):
             speed = [float(x.replace(',', '')) for x in re.findall(r'([\d,]+) tok/s', r.stdout)][1:] or [0.0]
             mfu = [float(x) for x in re.findall(r'mfu ([\d.]+)%', r.stdout)][1:]
             steps = re.search(r'trained (\d+) steps in ([\d.]+)s', r.stdout)
-            ckpt = gpt.load_checkpoint(os.path.join(tmp, 'ckpt.pt'), 'gpt', None, check_vocab=False)
+            ckpt = gpt.load_checkpoint(os.path.join(tmp, 'ckpt.pt'), 'gpt')
             model_args, tok_s = ckpt['model_args'], statistics.median(speed)
             n_params = sum(v.numel() for k, v in ckpt['model'].items() if k != 'lm_head.weight' or not model_args['tie_weights'])
             flops = tok_s * (6 * n_params + 12 * model_args['n_layer'] * model_args['n_embd'] * model_args['block_size'])
@@ -68,19 +79,35 @@ def main(gpt_args):
     model = gpt.GPT(**model_args).to(dev).eval()
     if train:
         model.load_state_dict(ckpt['model'])
+    models = {'fp32': model}
+    for kind in ('int8', 'nf4'):
+        models[kind] = copy.deepcopy(model)
+        gpt.quantize_model(models[kind], kind)
     prompt = torch.zeros((1, 1), dtype=torch.long, device=dev)
-    times = {True: [], False: []}
+    settings = [('fp32', True), ('fp32', False), ('int8', True), ('nf4', True)]
+    times = {s: [] for s in settings}
     for _ in range(gen_repeats):
-        for cache in (True, False):  # interleaved, so that both see the same machine state
+        for kind, cache in settings:  # interleaved, so that all see the same machine state
             t0 = time.perf_counter()
-            model.generate(prompt, gen_tokens, 1.0, kv_cache=cache, generator=torch.Generator(dev).manual_seed(0))
+            models[kind].generate(prompt, gen_tokens, 1.0, kv_cache=cache, generator=torch.Generator(dev).manual_seed(0))
             if dev.startswith('cuda'):
                 torch.cuda.synchronize()
-            times[cache].append(time.perf_counter() - t0)
-    cached, uncached = (gen_tokens / statistics.median(times[c]) for c in (True, False))
-    rows += [(f'generation tokens/s, KV cache ({gen_tokens} tokens, batch 1)', f"{cached:,.0f}"),
-             ('generation tokens/s, no cache', f"{uncached:,.0f}"),
-             ('KV cache speed-up', f"{cached / uncached:.1f}x")]
+            times[kind, cache].append(time.perf_counter() - t0)
+    rate = {s: gen_tokens / statistics.median(t) for s, t in times.items()}
+    # a cached step reads every weight matrix once: the blocks' Linear weights (as stored) and the head
+    read = {k: gpt.weight_bytes(m) + m.lm_head.weight.numel() * 4 for k, m in models.items()}
+    big = torch.empty(2**26, device=dev)  # 256 MB: a copy reads and writes it once
+    copy_s = min(timed(lambda: big.clone(), dev) for _ in range(5))
+    rows += [(f'generation tokens/s, KV cache, fp32 ({gen_tokens} tokens, batch 1)', f"{rate['fp32', True]:,.0f}"),
+             ('generation tokens/s, no cache, fp32', f"{rate['fp32', False]:,.0f}"),
+             ('KV cache speed-up', f"{rate['fp32', True] / rate['fp32', False]:.1f}x")]
+    for kind in ('int8', 'nf4'):
+        rows.append((f'generation tokens/s, KV cache, {kind} weights', f"{rate[kind, True]:,.0f} "
+                     f"({rate[kind, True] / rate['fp32', True]:.2f}x fp32)"))
+    for kind in ('fp32', 'int8', 'nf4'):
+        rows.append((f'weights read per cached token, {kind}', f"{read[kind] / 2**20:.2f} MiB: "
+                     f"{read[kind] * rate[kind, True] / 1e9:.1f} GB/s"))
+    rows.append(('this machine\'s copy bandwidth (256 MB clone, read + write)', f"{2 * big.numel() * 4 / copy_s / 1e9:.1f} GB/s"))
     print(f"\nbench: {model_args}, device {dev}, torch {torch.__version__}")
     print('| measure | value |\n|---|---|')
     for name, value in rows:

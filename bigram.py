@@ -78,12 +78,20 @@ class Split:
     def __len__(self):
         return len(self.ids)
 
+    def pair_windows(self, block_size):
+        """For each pair, where its window starts and the position of its last token. A window starts at the
+        pair's start, so it begins with the prompt; a pair longer than a window starts later, so that the
+        window still ends with the whole response."""
+        last = np.append(self.starts[1:], len(self.ids)) - 1
+        return np.maximum(self.starts, last - block_size), last
+
     def random_starts(self, shape, block_size, generator):
-        """Where training and eval windows start. Plain text: anywhere. Pairs: at the start of a pair, so
-        every window begins with a prompt and holds response tokens to learn from."""
+        """Where training and eval windows start. Plain text: anywhere. Pairs: at a pair's window, so that
+        every window holds response tokens to learn from."""
         if self.mask is None:
             return torch.randint(len(self.ids) - block_size, shape, generator=generator)
-        starts = torch.from_numpy(self.starts[self.starts + block_size < len(self.ids)])
+        starts = self.pair_windows(block_size)[0]
+        starts = torch.from_numpy(starts[starts + block_size < len(self.ids)])
         return starts[torch.randint(len(starts), shape, generator=generator)]
 
 
@@ -141,15 +149,14 @@ def estimate_loss(model, splits, batch_size, block_size, eval_iters, device, ctx
 def full_val_loss(model, split, block_size, device, batch_size=64, ctx=nullcontext(), token_bytes=None):
     """Loss over the whole split, and bits per byte if token_bytes (each id's UTF-8 length) is given.
     Plain text: consecutive windows, so every token but the first is predicted once. Instruction pairs:
-    one window from each pair's start, scoring that pair's response tokens."""
+    one window for each pair, scoring that pair's response tokens."""
     model.eval()
     n = len(split)
     if split.mask is None:
         starts = np.arange(0, n - 1, block_size)
         last = np.minimum(starts + block_size, n - 1)  # the last target of each window
     else:
-        starts = split.starts
-        last = np.minimum(np.minimum(np.append(starts[1:], n) - 1, starts + block_size), n - 1)
+        starts, last = split.pair_windows(block_size)
     nats, count, nbytes = 0.0, 0, 0
     for b in range(0, len(starts), batch_size):
         s, e = starts[b:b + batch_size, None], last[b:b + batch_size, None]

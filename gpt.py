@@ -123,12 +123,20 @@ class Split:
     def __len__(self):
         return len(self.ids)
 
+    def pair_windows(self, block_size):
+        """For each pair, where its window starts and the position of its last token. A window starts at the
+        pair's start, so it begins with the prompt; a pair longer than a window starts later, so that the
+        window still ends with the whole response."""
+        last = np.append(self.starts[1:], len(self.ids)) - 1
+        return np.maximum(self.starts, last - block_size), last
+
     def random_starts(self, shape, block_size, generator):
-        """Where training and eval windows start. Plain text: anywhere. Pairs: at the start of a pair, so
-        every window begins with a prompt and holds response tokens to learn from."""
+        """Where training and eval windows start. Plain text: anywhere. Pairs: at a pair's window, so that
+        every window holds response tokens to learn from."""
         if self.mask is None:
             return torch.randint(len(self.ids) - block_size, shape, generator=generator)
-        starts = torch.from_numpy(self.starts[self.starts + block_size < len(self.ids)])
+        starts = self.pair_windows(block_size)[0]
+        starts = torch.from_numpy(starts[starts + block_size < len(self.ids)])
         return starts[torch.randint(len(starts), shape, generator=generator)]
 
 
@@ -150,7 +158,8 @@ def load_data(dataset):
         tok = from_description(meta['tokenizer'] if 'tokenizer' in meta else {'type': 'char', 'chars': meta.get('chars')})
     except ValueError as e:
         die(f"{folder}/meta.json has a malformed tokenizer ({e}); rerun prepare.py for this dataset")
-    return SimpleNamespace(train=splits['train'], val=splits['val'], tok=tok, meta=meta)
+    bytes_per_token = np.array(tok.token_bytes)[splits['val'].ids].mean()  # to show losses as bits per byte
+    return SimpleNamespace(train=splits['train'], val=splits['val'], tok=tok, meta=meta, bytes_per_token=bytes_per_token)
 
 
 def get_batch(split, ix, block_size, device):
@@ -188,15 +197,14 @@ def estimate_loss(model, splits, batch_size, block_size, eval_iters, device, ctx
 def full_val_loss(model, split, block_size, device, batch_size=64, ctx=nullcontext(), token_bytes=None):
     """Loss over the whole split, and bits per byte if token_bytes (each id's UTF-8 length) is given.
     Plain text: consecutive windows, so every token but the first is predicted once. Instruction pairs:
-    one window from each pair's start, scoring that pair's response tokens."""
+    one window for each pair, scoring that pair's response tokens."""
     model.eval()
     n = len(split)
     if split.mask is None:
         starts = np.arange(0, n - 1, block_size)
         last = np.minimum(starts + block_size, n - 1)  # the last target of each window
     else:
-        starts = split.starts
-        last = np.minimum(np.minimum(np.append(starts[1:], n) - 1, starts + block_size), n - 1)
+        starts, last = split.pair_windows(block_size)
     nats, count, nbytes = 0.0, 0, 0
     for b in range(0, len(starts), batch_size):
         s, e = starts[b:b + batch_size, None], last[b:b + batch_size, None]
@@ -757,6 +765,8 @@ def build_model(run, data):
         state.model_args = {**ckpt['model_args'], 'dropout': dropout}
         state.template = state.template or ckpt.get('template', {})
     model = GPT(**state.model_args)
+    n_params = sum(p.numel() for p in model.parameters())
+    run.log(f"model: {n_params / 1e6:.2f}M parameters, {state.model_args}")
     if weights is not None:
         model.load_state_dict(weights)
     if state.lora:
@@ -769,12 +779,10 @@ def build_model(run, data):
     T = state.model_args['block_size']
     if T >= min(len(data.train), len(data.val)):
         die(f"the model's block_size ({T}) must be shorter than both splits ({len(data.train):,} and {len(data.val):,} tokens)")
-    n_params = sum(p.numel() for p in model.parameters())
-    run.log(f"model: {n_params / 1e6:.2f}M parameters, {state.model_args}")
     if state.lora:
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         run.log(f"LoRA rank {state.lora['rank']}{' on a ' + state.lora['quantize'] + ' base' if state.lora['quantize'] else ''}: "
-                f"training {n_train:,} of {n_params:,} parameters ({100 * n_train / n_params:.2f}%)")
+                f"training {n_train:,} of {n_params + n_train:,} parameters ({100 * n_train / (n_params + n_train):.2f}%)")
     return model.to(run.dev), state
 
 
@@ -896,13 +904,13 @@ def train_step(run, model, raw_model, optimizers, data, state):
     return loss.item()
 
 
-def write_csv(run, state, kind, train_loss='', val_loss=''):
+def write_csv(run, state, kind, train_loss='', val_loss='', val_bpb=''):
     """A row of <out_dir>/log.csv: 'train' (progress), 'eval' (the step lines) or 'final' (whole split)."""
     if run.master:
         fmt = lambda v: f"{v:.6f}" if isinstance(v, float) else v
         with open(os.path.join(ROOT, out_dir, 'log.csv'), 'a') as f:
             f.write(f"{kind},{state.iter_num},{state.iter_num * state.tokens_per_iter},{state.train_time:.3f},"
-                    f"{state.lr:.6g},{fmt(train_loss)},{fmt(val_loss)}\n")
+                    f"{state.lr:.6g},{fmt(train_loss)},{fmt(val_loss)},{fmt(val_bpb)}\n")
 
 
 def train(run, raw_model, optimizers, data, state):
@@ -924,7 +932,7 @@ def train(run, raw_model, optimizers, data, state):
     if run.master and (not os.path.exists(csv_path) or init_from != 'resume'):
         os.makedirs(os.path.dirname(csv_path), exist_ok=True)
         with open(csv_path, 'w') as f:
-            f.write('kind,iter,tokens,time_s,lr,train_loss,val_loss\n')
+            f.write('kind,iter,tokens,time_s,lr,train_loss,val_loss,val_bpb\n')
     start_iter, t_start, state.train_time = state.iter_num, time.time(), 0.0
     state.lr = get_lr(state.iter_num, 0, learning_rate, min_lr, warmup_iters)
     t0 = time.time()
@@ -940,7 +948,7 @@ def train(run, raw_model, optimizers, data, state):
             if not math.isfinite(losses['train'] + losses['val']):
                 die(f"the loss is not finite at step {state.iter_num}; not saved, {state.ckpt_path} keeps the last good state")
             state.best_val_loss = min(state.best_val_loss, losses['val'])
-            write_csv(run, state, 'eval', losses['train'], losses['val'])
+            write_csv(run, state, 'eval', losses['train'], losses['val'], losses['val'] / math.log(2) / data.bytes_per_token)
             if state.iter_num > 0:
                 save(run, raw_model, optimizers, state)
             t0 = time.time()  # the eval is not training time for the next progress line
@@ -1033,10 +1041,10 @@ def evaluate(run, model, data, state):
     loss, bpb, count = full_val_loss(model, data.val, model.block_size, run.dev, batch_size, run.ctx, token_bytes)
     what = 'predictions' if data.val.mask is None else 'response tokens'
     print(f"whole-split val loss {loss:.4f} ({count:,} {what}), val bpb {bpb:.4f}")
+    state.final = loss, bpb
     if data.val.mask is not None:
         score = exact_match(model, data.val, data.tok, state.template['end'], data.meta.get('val_tasks'), run.dev, run.ctx)
         print('exact match: ' + ', '.join(f"{task} {pct:.1f}%" for task, pct in score.items()))
-    return loss
 
 
 def sample(run, model, data, state):
@@ -1077,7 +1085,8 @@ def main():
         return
     model = inference_model(model, state)
     if trained:
-        write_csv(run, state, 'final', '', evaluate(run, model, data, state))
+        evaluate(run, model, data, state)
+        write_csv(run, state, 'final', '', *state.final)
     sample(run, model, data, state)  # sample-only (init_from=resume, max_iters=0): model, then sample
 
 

@@ -32,7 +32,7 @@ def test_train_log_and_sample(trained):
     assert re.search(r'^whole-split val loss \d\.\d{4} \(', r.stdout, re.M)
     assert '\nFirst' in r.stdout  # the sample starts with the prompt
     rows = (proj / 'out' / 'log.csv').read_text().splitlines()
-    assert rows[0] == 'kind,iter,tokens,time_s,lr,train_loss,val_loss'
+    assert rows[0] == 'kind,iter,tokens,time_s,lr,train_loss,val_loss,val_bpb'
     assert sum(row.startswith('eval,') for row in rows) == 3 and sum(row.startswith('train,') for row in rows) == 4
     ckpt = torch.load(proj / 'out' / 'ckpt.pt', weights_only=True)
     assert ckpt['iter_num'] == 20 and ckpt['model_args']['n_layer'] == 2 and ckpt['config']['dropout'] == 0.1

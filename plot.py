@@ -1,0 +1,98 @@
+"""
+Draw the loss curves of one or more gpt.py runs from their <out_dir>/log.csv.
+
+    python plot.py out/log.csv                                  # -> out/loss.png
+    python plot.py out/log.csv out-bpe/log.csv --x=time --out=runs.png
+
+Each run is labelled by its folder. Solid lines are the val loss of the `step N:` lines, faint dots
+the train loss of the progress lines, and a star the final whole-split val loss (the last line
+gpt.py prints after training). Losses are nats per token, which compares runs of one tokenizer;
+--y=bpb shows val bits per byte instead, which compares any runs (char, BPE, nanoGPT's).
+"""
+import csv
+import os
+import sys
+
+from configurator import configure
+
+# -----------------------------------------------------------------------------
+x = 'tokens'  # the x axis: 'tokens' (trained on), 'time' (seconds of training) or 'iter' (optimizer steps)
+y = 'loss'  # the y axis: 'loss' (nats per token, train and val) or 'bpb' (val bits per byte)
+out = ''  # the PNG to write; empty means loss.png beside the first log
+title = ''  # the figure's title; empty means none
+# -----------------------------------------------------------------------------
+COLUMNS = ['kind', 'iter', 'tokens', 'time_s', 'lr', 'train_loss', 'val_loss', 'val_bpb']
+
+
+def die(msg):
+    sys.exit(f"plot: {msg}")
+
+
+def read_log(path):
+    """The rows of a gpt.py log.csv, as dicts of floats (kind stays a string)."""
+    if not os.path.isfile(path):
+        die(f"'{path}' not found (gpt.py writes <out_dir>/log.csv)")
+    with open(path, newline='', encoding='utf-8', errors='replace') as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header not in (COLUMNS, COLUMNS[:-1]):  # logs from before val_bpb have one column less
+            die(f"'{path}' is not a gpt.py log: its first line should be {','.join(COLUMNS)}")
+        rows = []
+        for n, row in enumerate(reader, 2):
+            if len(row) not in (len(header), len(COLUMNS)) or row[0] not in ('train', 'eval', 'final'):
+                die(f"'{path}' line {n} is not a gpt.py log row: {','.join(row)[:60]}")
+            try:
+                rows.append({k: (v if k == 'kind' else float(v) if v else None) for k, v in zip(COLUMNS, row + [''])})
+            except ValueError:
+                die(f"'{path}' line {n} has a value that is not a number: {','.join(row)[:60]}")
+    if not rows:
+        die(f"'{path}' has no rows yet: train first, then plot")
+    return rows
+
+
+def main(paths):
+    if not paths:
+        die("give one or more logs: python plot.py out/log.csv [more/log.csv ...] [--x=tokens|time|iter]")
+    if x not in ('tokens', 'time', 'iter'):
+        die(f"--x must be tokens, time or iter, not '{x}'")
+    if y not in ('loss', 'bpb'):
+        die(f"--y must be loss or bpb, not '{y}'")
+    runs = [(os.path.basename(os.path.dirname(os.path.abspath(p))), read_log(p)) for p in paths]
+    try:
+        import matplotlib
+        matplotlib.use('Agg')  # files only, no window
+        import matplotlib.pyplot as plt
+    except ImportError:
+        die("matplotlib is missing: pip install matplotlib")
+    key = {'tokens': 'tokens', 'time': 'time_s', 'iter': 'iter'}[x]
+    val_key = 'val_loss' if y == 'loss' else 'val_bpb'
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=80)
+    for i, (name, rows) in enumerate(runs):
+        color = f'C{i}'
+        train = [(r[key], r['train_loss']) for r in rows if r['kind'] == 'train' and y == 'loss']
+        val = [(r[key], r[val_key]) for r in rows if r['kind'] == 'eval' and r[val_key] is not None]
+        final = [(r[key], r[val_key]) for r in rows if r['kind'] == 'final' and r[val_key] is not None]
+        if not val and not final:
+            die(f"the log of '{name}' has no {'val loss' if y == 'loss' else 'val bpb (it is older than that column)'} to plot")
+        if train:
+            ax.plot(*zip(*train), '.', color=color, alpha=0.25, markersize=3)
+        if val:
+            ax.plot(*zip(*val), '-', color=color, label=f"{name}: val" + (f" (final {final[-1][1]:.3f})" if final else ''))
+        if final:
+            ax.plot(*final[-1], '*', color=color, markersize=12)
+    ax.set_xlabel({'tokens': 'tokens trained on', 'time': 'seconds of training', 'iter': 'optimizer steps'}[x])
+    ax.set_ylabel('loss (nats per token)' if y == 'loss' else 'val bits per byte')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    target = out or os.path.join(os.path.dirname(os.path.abspath(paths[0])), 'loss.png')
+    fig.savefig(target)
+    print(f"wrote {target}")
+
+
+if __name__ == '__main__':
+    args = sys.argv[1:]
+    configure(globals(), [a for a in args if a.startswith('--')])
+    main([a for a in args if not a.startswith('--')])
