@@ -187,7 +187,8 @@ def main():
         parts, tasks = (text[:n], text[n:]), None
     else:
         pairs = read_pairs(text, path) if format == 'pairs' else make_tasks(text)
-        n = int(0.9 * len(pairs))  # by pair, never inside one
+        n = int(0.9 * len(pairs))  # by pair, never inside one (by line, for tasks: every task of a line on one side)
+        n -= n % len(TASKS) if format == 'tasks' else 0
         if n == 0 or n == len(pairs):
             die(f"input file '{path}' has {len(pairs)} pairs; too few to split 90/10")
         parts, tasks = (pairs[:n], pairs[n:]), [t for *_, t in pairs[n:]] if format == 'tasks' else None

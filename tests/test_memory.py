@@ -56,7 +56,7 @@ def test_nf4_packs_two_codes_a_byte_and_beats_uniform_4_bit():
     assert nf4_err.sqrt() < 0.1 * linear.weight.pow(2).mean().sqrt()  # about 9% of the weights' size
 
 
-@pytest.mark.parametrize('kind, bound', [('int8', 0.02), ('nf4', 0.3)])  # weights off by ~0.7% and ~9%
+@pytest.mark.parametrize('kind, bound', [('int8', 0.05), ('nf4', 0.3)])  # weights off by ~0.7% (and int8 activations rounded on the fly) and ~9%
 def test_quantized_logits_are_close_to_fp32(kind, bound):
     m = model().eval()
     for p in m.parameters():  # trained weights are far from init; give them some spread
