@@ -88,7 +88,11 @@ def main(paths):
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     target = out or os.path.join(os.path.dirname(os.path.abspath(paths[0])), 'loss.png')
-    fig.savefig(target)
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    try:
+        fig.savefig(target)
+    except (OSError, ValueError) as e:  # an unwritable place, or a name matplotlib has no format for
+        die(f"cannot write '{target}': {e}")
     print(f"wrote {target}")
 
 
