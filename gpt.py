@@ -297,7 +297,8 @@ class MultiHeadAttention(nn.Module):
         L = k.size(2)
         dropout_p = self.dropout if self.training else 0.0
         if self.use_sdpa:  # fused kernels (flash attention on GPUs); is_causal masks top-left, so only for T == L
-            mask = None if T == L else torch.ones(T, L, dtype=torch.bool, device=x.device).tril(L - T)
+            # one new query (cached sampling) sees every key: no mask to build
+            mask = None if T == L or T == 1 else torch.ones(T, L, dtype=torch.bool, device=x.device).tril(L - T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=T == L)
         else:
             att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, T, L)
