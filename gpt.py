@@ -1036,8 +1036,10 @@ def exact_match(model, split, tok, end, tasks, device, ctx):
             for i, row in zip(chunk, out[:, idx.size(1):].tolist()):
                 text = tok.decode(row)
                 right[i] = end in text and text[:text.index(end)] == pairs[i][2]
-    names = tasks if tasks and len(tasks) == len(pairs) else ['all'] * len(pairs)
-    score = {t: 100 * np.mean([r for r, n in zip(right, names) if n == t]) for t in dict.fromkeys(names) if t != 'all'}
+    score = {}
+    if tasks and len(tasks) == len(pairs):  # per task, for the tasks demo
+        for task in dict.fromkeys(tasks):
+            score[task] = 100 * np.mean([r for r, t in zip(right, tasks) if t == task])
     return {**score, 'all': 100 * np.mean(right)}
 
 
@@ -1047,10 +1049,10 @@ def evaluate(run, model, data, state):
     loss, bpb, count = full_val_loss(model, data.val, model.block_size, run.dev, batch_size, run.ctx, token_bytes)
     what = 'predictions' if data.val.mask is None else 'response tokens'
     print(f"whole-split val loss {loss:.4f} ({count:,} {what}), val bpb {bpb:.4f}")
-    state.final = loss, bpb
     if data.val.mask is not None:
         score = exact_match(model, data.val, data.tok, state.template['end'], data.meta.get('val_tasks'), run.dev, run.ctx)
         print('exact match: ' + ', '.join(f"{task} {pct:.1f}%" for task, pct in score.items()))
+    return loss, bpb
 
 
 def sample(run, model, data, state):
@@ -1075,7 +1077,8 @@ def main():
     run = setup_processes()  # one process or torchrun's; device and precision
     model, state = build_model(run, data)  # scratch, resume, or a checkpoint to fine-tune
     if eval_only:  # model, then evaluate
-        return evaluate(run, inference_model(model, state), data, state)
+        evaluate(run, inference_model(model, state), data, state)
+        return
     trained = False
     if state.iter_num < max_iters:
         optimizers = make_optimizers(run, model, state)
@@ -1091,8 +1094,7 @@ def main():
         return
     model = inference_model(model, state)
     if trained:
-        evaluate(run, model, data, state)
-        write_csv(run, state, 'final', '', *state.final)
+        write_csv(run, state, 'final', '', *evaluate(run, model, data, state))
     sample(run, model, data, state)  # sample-only (init_from=resume, max_iters=0): model, then sample
 
 
