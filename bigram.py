@@ -113,6 +113,11 @@ def load_data(dataset):
         tok = from_description(meta['tokenizer'] if 'tokenizer' in meta else {'type': 'char', 'chars': meta.get('chars')})
     except ValueError as e:
         die(f"{folder}/meta.json has a malformed tokenizer ({e}); rerun prepare.py for this dataset")
+    for name, split in splits.items():  # files from another preparation than meta.json's
+        top = int(np.max(split.ids, initial=0))
+        if top >= tok.vocab_size or (split.mask is not None and len(split.mask) != len(split)):
+            die(f"{folder}/{name}.bin does not match its meta.json (ids up to {top} for {tok.vocab_size} tokens, "
+                f"or a mask of another length); rerun prepare.py for this dataset")
     return SimpleNamespace(train=splits['train'], val=splits['val'], tok=tok, meta=meta)
 
 
@@ -205,13 +210,21 @@ def sample_next(logits, temperature, generator=None):
 
 
 def save_checkpoint(path, ckpt):
-    """Write to a temp file, fsync, then rename: a crash leaves the old checkpoint or the new one."""
+    """Write to a temp file, fsync, then rename: a crash leaves the old checkpoint or the new one. A write
+    that fails (a full disk) removes the temp file and stops in one line; the old checkpoint stays."""
     tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, 'wb') as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        kept = f"{path} keeps the last good state" if os.path.exists(path) else "no checkpoint was written"
+        die(f"could not save {path} ({e.strerror or e}); nothing partial is left, and {kept}")
 
 
 def tokenizer_of(ckpt):
@@ -261,7 +274,9 @@ def check_config(data):
             die(msg)
     missing = data.tok.unknown(prompt)
     if missing:
-        die(f"the prompt has characters that are not in the vocabulary: {missing}")
+        not_utf8 = any('\ud800' <= c <= '\udfff' for c in missing)  # how Python keeps bytes that were not UTF-8
+        die(f"the prompt has characters that are not in the vocabulary: {missing}"
+            + (" ('\\udcXX' is a byte that is not UTF-8: check the terminal's encoding)" if not_utf8 else ''))
 
 
 # ----------------------------------------------------------------------------- the steps of a run
@@ -292,7 +307,6 @@ def make_optimizer(model, state):
 
 
 def save(model, optimizer, state):
-    os.makedirs(os.path.dirname(state.ckpt_path), exist_ok=True)
     save_checkpoint(state.ckpt_path, {
         'model_type': 'bigram', 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
         'model_args': {'vocab_size': model.token_embedding_table.num_embeddings}, 'iter_num': state.iter_num,
@@ -303,8 +317,7 @@ def save(model, optimizer, state):
 def train(dev, model, optimizer, data, state):
     """Train until max_iters or a signal; evaluate and save every eval_interval steps."""
     caught = {'signal': 0}  # Ctrl-C or SIGTERM: finish the current step, save it, say how to resume, exit
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, lambda signum, frame: caught.update(signal=signum))
+    before = {s: signal.signal(s, lambda signum, frame: caught.update(signal=signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     start_iter, t0 = state.iter_num, time.time()
     while True:
         last_step = state.iter_num >= max_iters
@@ -331,8 +344,8 @@ def train(dev, model, optimizer, data, state):
         loss.backward()
         optimizer.step()
         state.iter_num += 1
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, signal.SIG_DFL)
+    for s, handler in before.items():  # Ctrl-C while sampling raises KeyboardInterrupt again, as before training
+        signal.signal(s, handler)
     if state.iter_num > start_iter:
         print(f"trained {state.iter_num - start_iter} steps in {time.time() - t0:.1f}s; saved {state.ckpt_path}")
     return state.iter_num > start_iter

@@ -158,7 +158,13 @@ def load_data(dataset):
         tok = from_description(meta['tokenizer'] if 'tokenizer' in meta else {'type': 'char', 'chars': meta.get('chars')})
     except ValueError as e:
         die(f"{folder}/meta.json has a malformed tokenizer ({e}); rerun prepare.py for this dataset")
-    bytes_per_token = np.array(tok.token_bytes)[splits['val'].ids].mean()  # to show losses as bits per byte
+    for name, split in splits.items():  # files from another preparation than meta.json's
+        top = int(np.max(split.ids, initial=0))
+        if top >= tok.vocab_size or (split.mask is not None and len(split.mask) != len(split)):
+            die(f"{folder}/{name}.bin does not match its meta.json (ids up to {top} for {tok.vocab_size} tokens, "
+                f"or a mask of another length); rerun prepare.py for this dataset")
+    val = splits['val']  # bytes per scored token (on pairs: a response's), to show losses as bits per byte
+    bytes_per_token = np.array(tok.token_bytes)[val.ids if val.mask is None else val.ids[val.mask == 1]].mean()
     return SimpleNamespace(train=splits['train'], val=splits['val'], tok=tok, meta=meta, bytes_per_token=bytes_per_token)
 
 
@@ -411,7 +417,7 @@ class GPT(nn.Module):
                 logits, _ = self(idx[:, -self.block_size:])
             else:
                 if cache is None or cache.pos == self.block_size:
-                    keep = idx.size(1) if cache is None and idx.size(1) <= self.block_size else self.block_size // 2
+                    keep = idx.size(1) if cache is None and idx.size(1) <= self.block_size else max(self.block_size // 2, 1)
                     attn = self.blocks[0].attn
                     cache = KVCache(len(self.blocks), idx.size(0), attn.n_head, self.block_size,
                                     self.wte.weight.size(1) // attn.n_head, idx.device, self.wte.weight.dtype)
@@ -600,13 +606,21 @@ class Muon(torch.optim.Optimizer):
 
 # ----------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path, ckpt):
-    """Write to a temp file, fsync, then rename: a crash leaves the old checkpoint or the new one."""
+    """Write to a temp file, fsync, then rename: a crash leaves the old checkpoint or the new one. A write
+    that fails (a full disk) removes the temp file and stops in one line; the old checkpoint stays."""
     tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, 'wb') as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        kept = f"{path} keeps the last good state" if os.path.exists(path) else "no checkpoint was written"
+        die(f"could not save {path} ({e.strerror or e}); nothing partial is left, and {kept}")
 
 
 def sha256(path):
@@ -677,8 +691,9 @@ def check_config(data):
          "n_layer, n_head, n_embd, block_size, batch_size, gradient_accumulation_steps, eval_interval, "
          "eval_iters, log_interval and num_samples must be positive"),
         (n_embd % n_head == 0, f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})"),
-        (block_size < min(n_train, n_val), f"block_size ({block_size}) must be shorter than both splits "
-                                           f"({n_train:,} and {n_val:,} tokens)"),
+        # from a checkpoint, the block size is the checkpoint's: build_model checks that one
+        (init_from != 'scratch' or block_size < min(n_train, n_val),
+         f"block_size ({block_size}) must be shorter than both splits ({n_train:,} and {n_val:,} tokens)"),
         (min(max_iters, max_time, max_new_tokens, warmup_iters, lr_decay_iters, grad_clip, weight_decay) >= 0,
          "max_iters, max_time, max_new_tokens, warmup_iters, lr_decay_iters, grad_clip and weight_decay "
          "must not be negative"),
@@ -705,7 +720,9 @@ def check_config(data):
             die(msg)
     missing = data.tok.unknown(prompt)
     if missing:
-        die(f"the prompt has characters that are not in the vocabulary: {missing}")
+        not_utf8 = any('\ud800' <= c <= '\udfff' for c in missing)  # how Python keeps bytes that were not UTF-8
+        die(f"the prompt has characters that are not in the vocabulary: {missing}"
+            + (" ('\\udcXX' is a byte that is not UTF-8: check the terminal's encoding)" if not_utf8 else ''))
 
 
 # ----------------------------------------------------------------------------- the steps of a run
@@ -740,7 +757,7 @@ def build_model(run, data):
     """The model: fresh ('scratch'), the run in out_dir ('resume'), or the weights of another checkpoint to
     fine-tune (init_from=PATH: a new run from step 0), with a LoRA update if lora_rank > 0. Returns it
     and the state of the run that the later steps share."""
-    state = SimpleNamespace(iter_num=0, best_val_loss=math.inf, ckpt=None, lora=None, base=None, tokenizer=data.tok.describe(),
+    state = SimpleNamespace(iter_num=0, best_val_loss=math.inf, train_time=0.0, ckpt=None, lora=None, base=None, tokenizer=data.tok.describe(),
                             ckpt_path=os.path.join(ROOT, out_dir, 'ckpt.pt'), config=knobs(globals()),
                             data_rng=torch.Generator().manual_seed(seed),  # the same on every process: the global batch
                             template={k: data.meta[k] for k in ('sep', 'end') if k in data.meta},
@@ -752,6 +769,7 @@ def build_model(run, data):
     if init_from == 'resume':
         ckpt = state.ckpt = load_checkpoint(state.ckpt_path, 'gpt', data.tok)
         state.iter_num, state.best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
+        state.train_time = ckpt.get('train_time', 0.0)  # seconds trained so far: max_time is for the whole run
         state.lora, state.base = ckpt.get('lora'), ckpt.get('base')
         if lora_rank and not state.lora:
             die(f"{state.ckpt_path} is not a LoRA run, so it cannot resume with lora_rank > 0; to add LoRA, "
@@ -759,7 +777,7 @@ def build_model(run, data):
         weights = base_weights(state.ckpt_path, ckpt, data.tok) if state.lora else ckpt['model']
     elif init_from != 'scratch':
         path = os.path.join(ROOT, init_from)  # relative paths start at this file's folder, like out_dir
-        if os.path.isfile(state.ckpt_path) and os.path.samefile(path, state.ckpt_path):
+        if not eval_only and os.path.isfile(state.ckpt_path) and os.path.samefile(path, state.ckpt_path):
             die(f"--init_from={init_from} is this run's own checkpoint; the fine-tuned model would be written "
                 f"over it: give another --out_dir")
         ckpt = load_checkpoint(path, 'gpt', data.tok)
@@ -860,11 +878,10 @@ def save(run, model, optimizers, state):
     if state.lora:
         weights = {k: v for k, v in weights.items() if 'lora_' in k}
     if run.master:
-        os.makedirs(os.path.dirname(state.ckpt_path), exist_ok=True)
         save_checkpoint(state.ckpt_path, {
             'model_type': 'gpt', 'model': weights, 'optimizer': [o.state_dict() for o in optimizers],
             'model_args': state.model_args, 'iter_num': state.iter_num, 'best_val_loss': state.best_val_loss,
-            'config': state.config, 'tokenizer': state.tokenizer, 'template': state.template, 'rng': rng,
+            'train_time': state.train_time, 'config': state.config, 'tokenizer': state.tokenizer, 'template': state.template, 'rng': rng,
             **({'lora': state.lora, 'base': state.base} if state.lora else {})})
 
 
@@ -914,17 +931,27 @@ def write_csv(run, state, kind, train_loss='', val_loss='', val_bpb=''):
     """A row of <out_dir>/log.csv: 'train' (progress), 'eval' (the step lines) or 'final' (whole split)."""
     if run.master:
         fmt = lambda v: f"{v:.6f}" if isinstance(v, float) else v
-        with open(os.path.join(ROOT, out_dir, 'log.csv'), 'a') as f:
-            f.write(f"{kind},{state.iter_num},{state.iter_num * state.tokens_per_iter},{state.train_time:.3f},"
-                    f"{state.lr:.6g},{fmt(train_loss)},{fmt(val_loss)},{fmt(val_bpb)}\n")
+        append_csv(f"{kind},{state.iter_num},{state.iter_num * state.tokens_per_iter},{state.train_time:.3f},"
+                   f"{state.lr:.6g},{fmt(train_loss)},{fmt(val_loss)},{fmt(val_bpb)}")
+
+
+def append_csv(line, mode='a'):
+    """Add a line to <out_dir>/log.csv ('w' starts it). A folder that can't be written, or a full disk,
+    stops the run in one line; the checkpoint keeps the last good state."""
+    path = os.path.join(ROOT, out_dir, 'log.csv')
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, mode) as f:
+            f.write(line + '\n')
+    except OSError as e:
+        die(f"cannot write {path} ({e.strerror or e}); give another --out_dir, or free some space")
 
 
 def train(run, raw_model, optimizers, data, state):
     """Train until max_iters, max_time or a signal; evaluate and save every eval_interval steps."""
     model, train_model = compile_and_wrap(run, raw_model, data)
     caught = {'signal': 0}  # Ctrl-C or SIGTERM: finish the current step, save it, say how to resume, exit
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, lambda signum, frame: caught.update(signal=signum))
+    before = {s: signal.signal(s, lambda signum, frame: caught.update(signal=signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     T = raw_model.block_size
     state.tokens_per_iter = batch_size * T * gradient_accumulation_steps * run.world_size
     run.log(f"tokens per optimizer step: {state.tokens_per_iter:,} = batch_size {batch_size} x block_size {T}"
@@ -934,12 +961,10 @@ def train(run, raw_model, optimizers, data, state):
     peak = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}  # dense bf16 FLOP/s
     peak_flops = next((v for k, v in peak.items() if run.dev_type == 'cuda' and k in torch.cuda.get_device_name()), 0)
     decay_iters = lr_decay_iters or max_iters
-    csv_path = os.path.join(ROOT, out_dir, 'log.csv')
-    if run.master and (not os.path.exists(csv_path) or init_from != 'resume'):
-        os.makedirs(os.path.dirname(csv_path), exist_ok=True)
-        with open(csv_path, 'w') as f:
-            f.write('kind,iter,tokens,time_s,lr,train_loss,val_loss,val_bpb\n')
-    start_iter, t_start, state.train_time = state.iter_num, time.time(), 0.0
+    if run.master and (not os.path.exists(os.path.join(ROOT, out_dir, 'log.csv')) or init_from != 'resume'):
+        append_csv('kind,iter,tokens,time_s,lr,train_loss,val_loss,val_bpb', 'w')  # before any step: out_dir is writable
+    start_iter, start_time = state.iter_num, state.train_time
+    t_start = time.time() - start_time  # a resumed run's clock goes on from the time it had trained
     state.lr = get_lr(state.iter_num, 0, learning_rate, min_lr, warmup_iters)
     t0 = time.time()
     while True:
@@ -987,10 +1012,12 @@ def train(run, raw_model, optimizers, data, state):
             print(f"iter {state.iter_num}: loss {loss:.4f}, lr {state.lr:.2e}, {dt * 1000:.1f} ms/iter, "
                   f"{state.tokens_per_iter / dt:,.0f} tok/s{mfu}, eta {eta:.0f}s")
             write_csv(run, state, 'train', loss)
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, signal.SIG_DFL)
+    for s, handler in before.items():  # Ctrl-C while sampling raises KeyboardInterrupt again, as before training
+        signal.signal(s, handler)
     if state.iter_num > start_iter:
-        run.log(f"trained {state.iter_num - start_iter} steps in {state.train_time:.1f}s; saved {state.ckpt_path}")
+        run.log(f"trained {state.iter_num - start_iter} steps in {state.train_time - start_time:.1f}s; saved {state.ckpt_path}")
+    if run.dev_type == 'cuda':
+        run.log(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB")
     return state.iter_num > start_iter
 
 

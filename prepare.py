@@ -42,14 +42,24 @@ def die(msg):
     sys.exit(f"prepare: {msg}")
 
 
-def write_atomic(path, data):
-    """Write bytes to path so that a crash leaves either the old file or the new one, never half."""
-    tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def write_atomic(files):
+    """Write {path: bytes}: every file to a temp file first, then each renamed over its old copy (in order:
+    meta.json last). A full disk, or a folder that can't be written, stops before any rename, so the old
+    files stay as they were and nothing partial is left."""
+    try:
+        for path, data in files.items():
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path + '.tmp', 'wb') as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as e:
+        for path in files:
+            if os.path.lexists(path + '.tmp'):
+                os.remove(path + '.tmp')
+        die(f"could not write {path} ({e.strerror or e}); nothing was changed, and nothing partial is left")
+    for path in files:
+        os.replace(path + '.tmp', path)
 
 
 def download(url, path, sha256, timeout):
@@ -73,8 +83,7 @@ def download(url, path, sha256, timeout):
         die(f"download failed: could not reach {url} ({type(e).__name__}); {hint}")
     if sha256 and hashlib.sha256(r.content).hexdigest() != sha256:
         die(f"download from {url} has the wrong sha256 ({len(r.content)} bytes), not saved; {hint}")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_atomic(path, r.content)
+    write_atomic({path: r.content})
 
 
 def read_text(path):
@@ -96,7 +105,7 @@ def read_text(path):
 def read_pairs(text, path):
     """[(prompt, response)] from JSONL, one {"prompt": str, "response": str} object per line."""
     pairs = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.split('\n'), 1):  # not splitlines(): U+2028 and the like may sit in a string
         if not line.strip():
             continue
         try:
@@ -107,6 +116,8 @@ def read_pairs(text, path):
             die(f"{path} line {n}: needs string values for both \"prompt\" and \"response\"")
         if END in obj['prompt'] + SEP + obj['response']:
             die(f"{path} line {n}: a pair must not hold a blank line ({END!r} marks the end of a response)")
+        if obj['response'].endswith(SEP):  # its end marker would be found one character early
+            die(f"{path} line {n}: a response must not end with a newline ({END!r} after it marks its end)")
         pairs.append((obj['prompt'], obj['response']))
     return pairs
 
@@ -204,7 +215,6 @@ def main():
             f"or prepare a new char dataset without --tokenizer_from")
     if tok.vocab_size > 65536:
         die(f"the text has {tok.vocab_size} distinct characters; uint16 ids hold at most 65536")
-    os.makedirs(out, exist_ok=True)
     files = {}
     for split, part in zip(('train', 'val'), parts):
         if format == 'text':
@@ -218,9 +228,9 @@ def main():
     if format != 'text':
         meta.update(sep=SEP, end=END, val_tasks=tasks)
         files['pairs.jsonl'] = ''.join(json.dumps({'prompt': p, 'response': r}) + '\n' for p, r, *_ in pairs).encode()
-    for fname, content in files.items():
-        write_atomic(os.path.join(out, fname), content if isinstance(content, bytes) else content.tobytes())
-    write_atomic(old, json.dumps(meta).encode())  # last: a dataset with meta.json is complete
+    write_atomic({**{os.path.join(out, fname): content if isinstance(content, bytes) else content.tobytes()
+                     for fname, content in files.items()},
+                  old: json.dumps(meta).encode()})  # last: a dataset with meta.json is complete
     if format == 'text':
         print(f"length of dataset in characters: {len(text):,}")
     else:

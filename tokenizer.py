@@ -140,7 +140,8 @@ class BPETokenizer:
         return b''.join(self.vocab[i] for i in ids).decode('utf-8', errors='replace')
 
     def unknown(self, text):
-        return []  # bytes cover every text
+        """Bytes cover every text, except lone surrogates: what Python makes of bytes that were not UTF-8."""
+        return sorted({c for c in text if '\ud800' <= c <= '\udfff'})
 
     def describe(self):
         return {'type': 'bpe', 'merges': [list(p) for p in self.merges], 'pattern': self.pattern}

@@ -89,6 +89,7 @@ def test_vocabulary_mismatch_is_refused(proj, tmp_path):
     assert (proj / 'out-bigram' / 'ckpt.pt').read_bytes() == before
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(SHAKESPEARE), reason='no shared Tiny Shakespeare copy')
 def test_default_run_reaches_bigram_target(proj):
     # the example is its own test: the default settings reach the target on the real data

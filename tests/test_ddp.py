@@ -7,8 +7,11 @@ import sys
 
 import torch
 
-from conftest import run
-from test_gpt_script import TINY, val_lines
+import pytest
+
+from conftest import TINY, run, val_lines
+
+pytestmark = pytest.mark.slow  # torchrun starts processes that each import torch
 
 TORCHRUN = ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
 ENV = {'OMP_NUM_THREADS': '1'}

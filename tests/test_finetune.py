@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import gpt
-from conftest import one_line_error, run
-from test_gpt_script import TINY, val_lines
+from conftest import TINY, copy_project, one_line_error, run, val_lines
 
 NEW_TEXT = "all: speak, speak. you are all resolved rather to die than to famish?\n" * 60  # lowercase, same chars
 
@@ -51,14 +50,23 @@ def test_merged_equals_unmerged(quantize):
     assert torch.allclose(m(idx, idx)[0], unmerged, atol=1e-5)
 
 
-@pytest.fixture
-def base(proj, tmp_path):
-    """A trained base model in out/, and the new text prepared with its tokenizer as dataset 'new'."""
+@pytest.fixture(scope='session')
+def base_once(prepared, tmp_path_factory):
+    """Once per session: a trained base model in out/, and the new text prepared with its tokenizer as
+    dataset 'new'."""
+    tmp_path = tmp_path_factory.mktemp('base')
+    proj = copy_project(prepared, tmp_path)
     assert run(proj, 'gpt.py', *TINY, '--max_iters=20').returncode == 0
     (tmp_path / 'new.txt').write_text(NEW_TEXT)
     r = run(proj, 'prepare.py', f'--input={tmp_path / "new.txt"}', '--dataset=new', '--tokenizer_from=shakespeare_char')
     assert r.returncode == 0, r.stderr
     return proj
+
+
+@pytest.fixture
+def base(base_once, tmp_path):
+    """The test's own copy of the base project."""
+    return copy_project(base_once, tmp_path)
 
 
 def test_full_fine_tune_from_a_path(base):
@@ -125,6 +133,29 @@ def test_qlora_trains_end_to_end(base):
     first, last = (float(re.search(r'val loss ([\d.]+)', l).group(1)) for l in val_lines(r.stdout)[::len(val_lines(r.stdout)) - 1])
     assert last < first  # the adapters learn on a frozen 4-bit base
     assert torch.load(base / 'qlora' / 'ckpt.pt', weights_only=True)['lora']['quantize'] == 'nf4'
+
+
+def test_eval_only_from_the_checkpoint_in_out(base):
+    # the README's "before" row: eval_only writes nothing, so out/ckpt.pt of this out_dir is fine to read
+    before = (base / 'out' / 'ckpt.pt').read_bytes()
+    r = run(base, 'gpt.py', '--init_from=out/ckpt.pt', '--dataset=new', '--eval_only=true')
+    assert r.returncode == 0, r.stderr
+    assert re.search(r'^whole-split val loss [\d.]+ \(', r.stdout, re.M) and not val_lines(r.stdout)
+    assert (base / 'out' / 'ckpt.pt').read_bytes() == before
+
+
+def test_fine_tune_checks_the_checkpoints_block_size(base, tmp_path):
+    # val holds 30 tokens: shorter than the block_size knob (64), longer than the checkpoint's (16)
+    (tmp_path / 'short.txt').write_text(NEW_TEXT[:300])
+    assert run(base, 'prepare.py', f'--input={tmp_path / "short.txt"}', '--dataset=short',
+               '--tokenizer_from=shakespeare_char').returncode == 0
+    args = ['--init_from=out/ckpt.pt', '--dataset=short', '--out_dir=ft', '--batch_size=4', '--eval_iters=2']
+    r = run(base, 'gpt.py', *args, '--max_iters=5', '--eval_interval=5', '--max_new_tokens=5')
+    assert r.returncode == 0, r.stderr
+    (tmp_path / 'tiny.txt').write_text(NEW_TEXT[:100])  # val holds 10 tokens: too short for the checkpoint
+    assert run(base, 'prepare.py', f'--input={tmp_path / "tiny.txt"}', '--dataset=tiny',
+               '--tokenizer_from=shakespeare_char').returncode == 0
+    assert "the model's block_size (16)" in one_line_error(run(base, 'gpt.py', *args, '--dataset=tiny', '--max_iters=5'))
 
 
 def test_tokenizer_from_refuses_unknown_characters(base, tmp_path):

@@ -104,6 +104,15 @@ def test_generation_beyond_block_size():
     assert torch.allclose(model(idx[:, -4:], cache=rebuilt)[0], model(idx[:, -4:])[0], atol=1e-6)
 
 
+@pytest.mark.parametrize('block_size', [1, 2, 3])
+def test_cached_generation_with_the_smallest_blocks(block_size):
+    # the cache is rebuilt from the last max(block_size // 2, 1) tokens: still the uncached tokens
+    model = tiny(block_size=block_size).eval()
+    prompt = torch.randint(V, (2, 1))
+    outs = [model.generate(prompt, 12, 1.0, kv_cache=c, generator=torch.Generator().manual_seed(3)) for c in (True, False)]
+    assert outs[0].shape == (2, 13) and (block_size > 1 or torch.equal(outs[0], outs[1]))
+
+
 def test_greedy_is_deterministic():
     model = tiny().eval()
     prompt = torch.randint(V, (2, 4))

@@ -7,22 +7,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import REPO, one_line_error, run
-
-TINY = ['--gradient_accumulation_steps=1', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=8', '--eval_iters=4',
-        '--eval_interval=10', '--log_interval=5', '--warmup_iters=5', '--max_new_tokens=30', '--compile=false']
-
-
-def val_lines(out):
-    return re.findall(r'^step \d+: train loss [\d.]+, val loss [\d.]+$', out, flags=re.M)
-
-
-@pytest.fixture
-def trained(proj):
-    """The tiny project after 20 steps of training in out/."""
-    r = run(proj, 'gpt.py', *TINY, '--max_iters=20', '--lr_decay_iters=40', '--dropout=0.1', '--prompt=First')
-    assert r.returncode == 0, r.stderr
-    return proj, r
+from conftest import REPO, TINY, one_line_error, run, run_process, val_lines
 
 
 def test_train_log_and_sample(trained):
@@ -157,11 +142,55 @@ def test_classic_config_file(proj):
         assert 'run: python prepare.py' in one_line_error(r), cfg
 
 
+@pytest.mark.slow
 def test_compile_path_on_cpu(proj):
     # CUDA's default (compile=auto) exercised on the CPU: it trains, and the checkpoint holds the
-    # uncompiled module's keys, so it loads without torch.compile
-    r = run(proj, 'gpt.py', *TINY, '--max_iters=10', '--compile=true')
+    # uncompiled module's keys, so it loads without torch.compile. A process of its own: torch.compile
+    # builds C++ and leaves its state behind
+    r = run_process(proj, 'gpt.py', *TINY, '--max_iters=10', '--compile=true')
     assert r.returncode == 0, r.stderr
     ckpt = torch.load(proj / 'out' / 'ckpt.pt', weights_only=True)
     assert not any(k.startswith('_orig_mod') for k in ckpt['model'])
-    assert run(proj, 'gpt.py', '--init_from=resume', '--max_iters=0', '--max_new_tokens=5').returncode == 0
+    assert run_process(proj, 'gpt.py', '--init_from=resume', '--max_iters=0', '--max_new_tokens=5').returncode == 0
+
+
+@pytest.mark.parametrize('script, args, message', [
+    ('gpt.py', ['--n_embd=abc'], 'not a valid int'),  # the configurator
+    ('gpt.py', ['--dataset=nothing'], 'run: python prepare.py'),  # data
+    ('gpt.py', ['--n_head=3'], 'must be a multiple of n_head'),  # check_config
+    ('gpt.py', ['--init_from=resume', '--out_dir=bad'], 'not a loadable checkpoint'),  # a damaged file
+    ('bigram.py', ['--prompt=Zebra!'], 'not in the vocabulary'),
+    ('prepare.py', ['--input=nope.txt'], 'not found'),
+    ('plot.py', ['nope/log.csv'], 'not found'),
+    ('gpt.py', [b'--prompt=caf\xe9'], 'is a byte that is not UTF-8'),  # bytes that are not UTF-8 in argv
+])
+def test_refusals_are_one_line_in_a_real_process(trained, script, args, message):
+    # the in-process runner sees SystemExit; a real process must also print no traceback around it
+    proj, _ = trained
+    (proj / 'bad').mkdir()
+    (proj / 'bad' / 'ckpt.pt').write_bytes(b'not a checkpoint')
+    assert message in one_line_error(run_process(proj, script, *TINY * (script == 'gpt.py'), *args))
+
+
+def test_resumed_run_keeps_its_time_budget(trained):
+    # the training time so far is in the checkpoint: a resumed run spends what is left of max_time, and
+    # log.csv's clock goes on from there
+    proj, _ = trained
+    spent = torch.load(proj / 'out' / 'ckpt.pt', weights_only=True)['train_time']
+    assert spent > 0
+    args = [*TINY, '--lr_decay_iters=40', '--dropout=0.1', '--init_from=resume']
+    r = run(proj, 'gpt.py', *args, '--max_iters=1000', f'--max_time={spent / 2}')
+    assert r.returncode == 0, r.stderr
+    assert not val_lines(r.stdout) and 'trained' not in r.stdout  # the budget was spent before the resume
+    assert torch.load(proj / 'out' / 'ckpt.pt', weights_only=True)['iter_num'] == 20
+    assert run(proj, 'gpt.py', *args, '--max_iters=40').returncode == 0
+    times = [float(row.split(',')[3]) for row in (proj / 'out' / 'log.csv').read_text().splitlines()[1:]]
+    assert times == sorted(times) and times[-1] > spent
+    assert torch.load(proj / 'out' / 'ckpt.pt', weights_only=True)['train_time'] == pytest.approx(times[-1], abs=1e-3)
+
+
+def test_block_size_1_trains_and_samples(proj):
+    r = run(proj, 'gpt.py', '--n_layer=1', '--n_head=1', '--n_embd=16', '--block_size=1', '--max_iters=10',
+            '--eval_interval=10', '--eval_iters=2', '--max_new_tokens=5', '--compile=false')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.endswith('---------------\n') and len(val_lines(r.stdout)) == 2

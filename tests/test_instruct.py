@@ -8,8 +8,7 @@ import pytest
 import torch
 
 import gpt
-from conftest import SHAKESPEARE, one_line_error, run
-from test_gpt_script import TINY, val_lines
+from conftest import SHAKESPEARE, TINY, one_line_error, run, val_lines
 
 WORDS = ['speak', 'famish', 'citizen', 'proceed', 'further', 'resolved', 'rather', 'than', 'hear', 'all']
 PAIRS = [{'prompt': f'last: {a} {b}', 'response': b} for a, b in zip(WORDS, WORDS[3:] + WORDS[:3])] * 6
@@ -72,7 +71,9 @@ def test_pairs_dataset_and_refusals(proj, tmp_path):
            ('{"prompt": "a"}', 'line 1: needs string values'),
            ('{"prompt": "a", "response": 3}', 'line 1: needs string values'),
            ('[1, 2]', 'line 1: needs string values'),
-           ('{"prompt": "a", "response": "x\\n\\ny"}', 'line 1: a pair must not hold a blank line')]
+           ('{"prompt": "a", "response": "x\\n\\ny"}', 'line 1: a pair must not hold a blank line'),
+           ('{"prompt": "a", "response": "b"}\n{"prompt": "a", "response": "b\\n"}', 'line 2: a response must not end '
+                                                                                'with a newline')]
     for i, (content, message) in enumerate(bad):
         (tmp_path / 'bad.jsonl').write_text(content)
         msg = one_line_error(run(proj, 'prepare.py', f'--input={tmp_path / "bad.jsonl"}', '--format=pairs',
@@ -106,6 +107,7 @@ def test_tiny_run_on_pairs_trains_and_reports_exact_match(proj, tmp_path):
         assert body(cut) == free[:free.index(stop)] + '\n'  # cut at the first occurrence, after the prompt
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(SHAKESPEARE), reason='no shared Tiny Shakespeare copy')
 def test_tasks_demo_data(proj):
     assert run(proj, 'prepare.py', f'--input={SHAKESPEARE}').returncode == 0
@@ -122,3 +124,26 @@ def test_tasks_demo_data(proj):
     assert all(len(r['prompt']) + len(r['response']) + 3 <= 64 for r in rows)  # a pair fits the default context
     up = next(r for r in rows if r['prompt'].startswith('upper: '))
     assert up['response'] == line(up['prompt']).upper()
+
+
+def test_jsonl_lines_end_at_newline_only(proj, tmp_path):
+    # U+2028, U+2029 and U+0085 are line breaks to str.splitlines(), but JSON strings may hold them
+    odd = [{'prompt': f'say {w}\u2028', 'response': f'{w}\u2029\x85'} for w in WORDS] * 2
+    (tmp_path / 'p.jsonl').write_text(''.join(json.dumps(r, ensure_ascii=False) + '\r\n' for r in odd), encoding='utf-8')
+    r = run(proj, 'prepare.py', f'--input={tmp_path / "p.jsonl"}', '--format=pairs', '--dataset=odd')
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(l) for l in (proj / 'data' / 'odd' / 'pairs.jsonl').read_text(encoding='utf-8').split('\n') if l]
+    assert rows == odd
+
+
+def test_eval_rows_convert_the_response_tokens_to_bits_per_byte(proj, tmp_path):
+    # responses of 2-byte characters after ASCII prompts: the eval rows' bpb must use the bytes of the
+    # scored (response) tokens, as the final whole-split row does, not the mean of every val token
+    pairs = [{'prompt': f'accent {w}', 'response': w.replace('e', 'é').replace('a', 'à')} for w in WORDS] * 6
+    write_jsonl(tmp_path / 'p.jsonl', pairs)
+    assert run(proj, 'prepare.py', f'--input={tmp_path / "p.jsonl"}', '--format=pairs', '--dataset=acc').returncode == 0
+    r = run(proj, 'gpt.py', *TINY, '--dataset=acc', '--max_iters=10', '--max_new_tokens=5')
+    assert r.returncode == 0, r.stderr
+    rows = [row.split(',') for row in (proj / 'out' / 'log.csv').read_text().splitlines()[1:]]
+    ratio = {kind: float(bpb) / float(loss) for kind, *_, loss, bpb in rows if kind in ('eval', 'final')}
+    assert ratio['eval'] == pytest.approx(ratio['final'], rel=1e-4)

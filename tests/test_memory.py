@@ -6,8 +6,7 @@ import torch
 import torch.nn as nn
 
 import gpt
-from conftest import one_line_error, run
-from test_gpt_script import TINY, val_lines
+from conftest import TINY, one_line_error, run, val_lines
 
 # QLoRA's NF4 table as published (bitsandbytes' values)
 NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
@@ -102,8 +101,8 @@ def test_gradient_checkpointing_prints_the_same_step_lines(proj):
     assert val_lines(plain.stdout) == val_lines(ckpt.stdout) and len(val_lines(plain.stdout)) == 3
 
 
-def test_eval_only_and_quantized_runs(proj):
-    assert run(proj, 'gpt.py', *TINY, '--max_iters=20').returncode == 0
+def test_eval_only_and_quantized_runs(trained):
+    proj, _ = trained
     before = (proj / 'out' / 'ckpt.pt').read_bytes()
     log = (proj / 'out' / 'log.csv').read_text()
     bpb = {}

@@ -3,8 +3,7 @@ import struct
 
 import pytest
 
-from conftest import one_line_error, run
-from test_gpt_script import TINY
+from conftest import TINY, one_line_error, run
 
 pytest.importorskip('matplotlib')
 

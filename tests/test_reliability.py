@@ -8,11 +8,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
-from conftest import one_line_error, run
-from test_gpt_script import TINY, val_lines
+from conftest import TINY, one_line_error, run, run_process, val_lines
 
 LONG = [*TINY, '--max_iters=1000000', '--lr_decay_iters=1000', '--eval_interval=1000000', '--dropout=0.1']
 
@@ -32,6 +32,7 @@ def wait_for(proc, pattern):
     raise AssertionError(f"never printed {pattern!r}:\n{seen}\n{proc.stderr.read()}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_the_last_step_and_resume_is_exact(proj, sig):
     proc = start(proj, *LONG, '--log_interval=1')
@@ -52,6 +53,7 @@ def test_signal_saves_the_last_step_and_resume_is_exact(proj, sig):
     assert val_lines(resumed.stdout)[0].startswith(f'step {step + 10}:')
 
 
+@pytest.mark.slow
 def test_kill_9_always_leaves_a_loadable_checkpoint(proj):
     # a checkpoint every step, so that the kills land in the middle of saves too
     args = [*TINY, '--max_iters=1000000', '--eval_interval=1', '--eval_iters=1', '--log_interval=1']
@@ -75,3 +77,67 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(proj):
             '--min_lr=1e30', '--grad_clip=0', '--warmup_iters=0')
     assert 'not finite at step' in one_line_error(r)
     assert (proj / 'out' / 'ckpt.pt').read_bytes() == before
+
+
+# Faults on disk: every write to /dev/full fails with ENOSPC, as on a full disk. A temp file that is a link
+# to it puts the next save of that file on a full disk, and leaves every other file where it was.
+needs_dev_full = pytest.mark.skipif(not os.path.exists('/dev/full'), reason='needs /dev/full')
+
+
+@needs_dev_full
+@pytest.mark.parametrize('script, out', [('gpt.py', 'out'), ('bigram.py', 'out-bigram')])
+def test_full_disk_while_saving_keeps_the_last_checkpoint(proj, script, out):
+    args = [*(TINY if script == 'gpt.py' else ['--batch_size=8', '--block_size=8', '--eval_iters=2']),
+            '--eval_interval=10', '--max_new_tokens=5']
+    assert run(proj, script, *args, '--max_iters=10').returncode == 0
+    ckpt = proj / out / 'ckpt.pt'
+    before = ckpt.read_bytes()
+    os.symlink('/dev/full', proj / out / 'ckpt.pt.tmp')
+    msg = one_line_error(run(proj, script, *args, '--max_iters=20', '--init_from=resume'))
+    assert 'No space left on device' in msg and 'keeps the last good state' in msg, msg
+    assert ckpt.read_bytes() == before and not os.path.lexists(proj / out / 'ckpt.pt.tmp')  # nothing partial
+    r = run(proj, script, *args, '--max_iters=20', '--init_from=resume')  # space again: it resumes from step 10
+    assert r.returncode == 0 and 'resumed from' in r.stdout and 'at step 10' in r.stdout, r.stderr
+
+
+@pytest.mark.slow
+@needs_dev_full
+def test_full_disk_is_one_line_in_a_real_process(trained):
+    proj, _ = trained
+    before = (proj / 'out' / 'ckpt.pt').read_bytes()
+    os.symlink('/dev/full', proj / 'out' / 'ckpt.pt.tmp')
+    r = run_process(proj, 'gpt.py', *TINY, '--init_from=resume', '--max_iters=30', '--lr_decay_iters=40')
+    assert 'No space left on device' in one_line_error(r)
+    assert (proj / 'out' / 'ckpt.pt').read_bytes() == before and not os.path.lexists(proj / 'out' / 'ckpt.pt.tmp')
+
+
+@needs_dev_full
+def test_full_disk_while_preparing_keeps_the_old_dataset(proj):
+    folder = proj / 'data' / 'shakespeare_char'
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    os.symlink('/dev/full', folder / 'val.bin.tmp')
+    (proj / 'other.txt').write_text('abcdefghij\n' * 200)
+    msg = one_line_error(run(proj, 'prepare.py', '--input=other.txt'))
+    assert 'No space left on device' in msg and 'nothing was changed' in msg
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before  # no new train.bin beside the old meta.json
+
+
+def test_out_dir_that_cannot_be_written(trained):
+    # a file where a folder should be: root can write anywhere else, so this is the fault a test can make
+    proj, _ = trained
+    (proj / 'afile').write_text('a file, not a folder')
+    r = run(proj, 'gpt.py', *TINY, '--max_iters=20', '--out_dir=afile/out')
+    assert 'Not a directory' in one_line_error(r) and 'give another --out_dir' in r.stderr
+    assert 'step 0:' not in r.stdout  # refused before anything trained
+    msg = one_line_error(run(proj, 'bigram.py', '--max_iters=10', '--eval_interval=5', '--eval_iters=2',
+                             '--out_dir=afile/out'))
+    assert 'Not a directory' in msg and 'no checkpoint was written' in msg
+    assert (proj / 'afile').read_text() == 'a file, not a folder'
+
+
+def test_data_that_does_not_match_its_meta_json(proj):
+    folder = proj / 'data' / 'shakespeare_char'
+    np.full(1000, 300, dtype=np.uint16).tofile(folder / 'train.bin')  # ids from a bigger vocabulary
+    for script in ('gpt.py', 'bigram.py'):
+        r = run(proj, script, '--max_iters=5')
+        assert 'train.bin does not match its meta.json' in one_line_error(r) and 'step 0' not in r.stdout

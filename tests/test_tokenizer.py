@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import CORPUS, SHAKESPEARE, one_line_error, run
+from conftest import CORPUS, SHAKESPEARE, TINY, one_line_error, run, val_lines
 from tokenizer import SPLIT, BPETokenizer, CharTokenizer, from_description
 
 TEXT = CORPUS + "def f(x_1, y2):\n    return x_1 ** 2 + 1234567  # snake_case\r\n\t\tend\n"
@@ -114,7 +114,6 @@ def test_old_meta_json_still_loads(proj):
 
 
 def test_bpe_end_to_end_train_resume_sample(proj):
-    from test_gpt_script import TINY, val_lines
     assert run(proj, 'prepare.py', f'--input={proj.parent / "corpus.txt"}', '--tokenizer=bpe', '--vocab_size=300').returncode == 0
     args = [*TINY, '--dataset=shakespeare_bpe', '--lr_decay_iters=20', '--dropout=0.1', '--prompt=Naïve 😀 ~zq']
     first = run(proj, 'gpt.py', *args, '--max_iters=10')
@@ -129,12 +128,16 @@ def test_bpe_end_to_end_train_resume_sample(proj):
     assert run(proj, 'gpt.py', *TINY, '--max_iters=5', '--out_dir=char').returncode == 0
     msg = one_line_error(run(proj, 'gpt.py', '--init_from=resume', '--out_dir=char', '--dataset=shakespeare_bpe'))
     assert 'another vocabulary' in msg and '--tokenizer_from=shakespeare_char' in msg
+    # bytes that were not UTF-8 (Python's \udcXX) have no byte-level encoding either: refused before training
+    for script in ('gpt.py', 'bigram.py'):
+        r = run(proj, script, *TINY * (script == 'gpt.py'), '--dataset=shakespeare_bpe', '--max_iters=10',
+                '--prompt=caf\udce9', '--out_dir=utf8')
+        assert "['\\udce9']" in one_line_error(r) and not (proj / 'utf8').exists()
     r = run(proj, 'bigram.py', '--dataset=shakespeare_bpe', '--max_iters=20', '--eval_iters=2', '--max_new_tokens=20')
     assert r.returncode == 0 and 'val bpb' in r.stdout, r.stderr
 
 
 def test_bpb_of_char_data_is_loss_over_ln2(proj):
-    from test_gpt_script import TINY
     ascii_text = ''.join(c for c in CORPUS if ord(c) < 128)
     (proj / 'ascii.txt').write_text(ascii_text)
     assert run(proj, 'prepare.py', '--input=ascii.txt', '--dataset=ascii').returncode == 0
@@ -144,6 +147,7 @@ def test_bpb_of_char_data_is_loss_over_ln2(proj):
     assert bpb == pytest.approx(loss / math.log(2), rel=2e-3)  # every char is one byte (up to rounding)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(SHAKESPEARE), reason='no shared Tiny Shakespeare copy')
 def test_bpe_on_tiny_shakespeare_compresses_like_a_standard_trainer():
     with open(SHAKESPEARE, encoding='utf-8') as f:
