@@ -10,6 +10,7 @@ Prints a table.
 Training runs the real gpt.py in a subprocess with --max_time=budget; generation times
 GPT.generate in this process. A benchmark measures; it is never a test.
 """
+import copy
 import os
 import re
 import resource
@@ -19,11 +20,10 @@ import sys
 import tempfile
 import time
 
-import copy
-
 import torch
 
 import gpt
+import quant
 from configurator import configure, knobs
 
 # -----------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def main(gpt_args):
     models = {'fp32': model}
     for kind in ('int8', 'nf4'):
         models[kind] = copy.deepcopy(model)
-        gpt.quantize_model(models[kind], kind)
+        quant.quantize_model(models[kind], kind)
     prompt = torch.zeros((1, 1), dtype=torch.long, device=dev)
     settings = [('fp32', True), ('fp32', False), ('int8', True), ('nf4', True)]
     times = {s: [] for s in settings}
@@ -95,7 +95,7 @@ def main(gpt_args):
             times[kind, cache].append(time.perf_counter() - t0)
     rate = {s: gen_tokens / statistics.median(t) for s, t in times.items()}
     # a cached step reads every weight matrix once: the blocks' Linear weights (as stored) and the head
-    read = {k: gpt.weight_bytes(m) + m.lm_head.weight.numel() * 4 for k, m in models.items()}
+    read = {k: quant.weight_bytes(m) + m.lm_head.weight.numel() * 4 for k, m in models.items()}
     big = torch.empty(2**26, device=dev)  # 256 MB: a copy reads and writes it once
     copy_s = min(timed(lambda: big.clone(), dev) for _ in range(5))
     rows += [(f'generation tokens/s, KV cache, fp32 ({gen_tokens} tokens, batch 1)', f"{rate['fp32', True]:,.0f}"),

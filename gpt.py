@@ -1,19 +1,14 @@
 """
-A GPT in one file: data, model, training, checkpoints and sampling, top to bottom.
-Characters by default; any dataset that prepare.py made (char or byte-level BPE) works.
+The GPT of the "Let's build GPT" lecture, in one file read from top to bottom: the data, the model,
+sampling, the optimizer, checkpoints, and the steps of a run (main() at the bottom lists them).
 
-    python prepare.py                          # once: writes data/shakespeare_char/
-    python gpt.py                              # trains a small GPT on a CPU in a few minutes
-    python gpt.py config/lecture_gpu.py        # the lecture's 6-layer, 384-wide model, on a GPU
+    python prepare.py                                  # once: writes data/shakespeare_char/
+    python gpt.py                                      # trains a small GPT on a CPU, then samples
     python gpt.py --init_from=resume --max_iters=0 --prompt="ROMEO:"   # only sample from out/ckpt.pt
-    python gpt.py --init_from=resume --eval_only=true --quantize=nf4   # only evaluate, in 4-bit weights
-    python gpt.py --init_from=out/ckpt.pt --dataset=mine --lora_rank=16 --out_dir=out-lora   # fine-tune
-    torchrun --standalone --nproc_per_node=8 gpt.py config/lecture_gpu.py   # data parallel (DDP)
 
-main() at the bottom reads as the steps of a run: processes -> data -> model -> optimizer -> train
--> final evaluation -> sample.
+The next steps are one knob each, and the README shows their commands: BPE tokens (prepare.py),
+gradient_checkpointing, quantize (quant.py), lora_rank (lora.py), instruction pairs and torchrun.
 """
-import hashlib
 import json
 import math
 import os
@@ -30,11 +25,11 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint as recompute
 
 from configurator import configure, knobs
 from tokenizer import from_description
+
 
 # -----------------------------------------------------------------------------
 dataset = 'shakespeare_char'  # reads data/<dataset>/ (made by prepare.py)
@@ -78,7 +73,7 @@ eval_iters = 20  # batches per loss estimate
 log_interval = 50  # a progress line every this many steps
 # memory and fine-tuning
 gradient_checkpointing = False  # recompute each block's activations in backward: less memory, more time
-quantize = ''  # '', 'int8' or 'nf4': the blocks' Linear weights for evaluating and sampling (and the frozen base under LoRA)
+quantize = ''  # '', 'int8' or 'nf4': the blocks' Linear weights to evaluate and sample (and a LoRA run's frozen base)
 lora_rank = 0  # > 0 (with init_from=PATH): train only a low-rank update B @ A of each Linear in the blocks
 lora_alpha = 16.0  # the low-rank update is scaled by lora_alpha / lora_rank
 # sampling, after training
@@ -110,34 +105,21 @@ def pick_device(name):
     return name
 
 
+# ------------------------------------------------------------------------ data
 class Split:
-    """One split's token ids (memory-mapped) and, for instruction pairs, the loss mask: mask[j] is 1 where
-    token j is part of a response (or its end marker), so only those tokens are ever predicted and scored."""
+    """One split's token ids, memory-mapped. A dataset of instruction pairs has a PairSplit instead
+    (instruct.py): the same, plus a loss mask, so that only the responses are learned and scored."""
+    mask = None
 
-    def __init__(self, ids, mask=None):
-        self.ids, self.mask = ids, mask
-        if mask is not None:  # a pair starts where a response ended (mask 1 -> 0), and at 0
-            m = np.asarray(mask)
-            self.starts = np.concatenate([[0], np.flatnonzero((m[:-1] == 1) & (m[1:] == 0)) + 1])
+    def __init__(self, ids):
+        self.ids = ids
 
     def __len__(self):
         return len(self.ids)
 
-    def pair_windows(self, block_size):
-        """For each pair, where its window starts and the position of its last token. A window starts at the
-        pair's start, so it begins with the prompt; a pair longer than a window starts later, so that the
-        window still ends with the whole response."""
-        last = np.append(self.starts[1:], len(self.ids)) - 1
-        return np.maximum(self.starts, last - block_size), last
-
     def random_starts(self, shape, block_size, generator):
-        """Where training and eval windows start. Plain text: anywhere. Pairs: at a pair's window, so that
-        every window holds response tokens to learn from."""
-        if self.mask is None:
-            return torch.randint(len(self.ids) - block_size, shape, generator=generator)
-        starts = self.pair_windows(block_size)[0]
-        starts = torch.from_numpy(starts[starts + block_size < len(self.ids)])
-        return starts[torch.randint(len(starts), shape, generator=generator)]
+        """Where training and eval windows start: anywhere in the text."""
+        return torch.randint(len(self.ids) - block_size, shape, generator=generator)
 
 
 def load_data(dataset):
@@ -149,13 +131,17 @@ def load_data(dataset):
         splits = {}
         for name in ('train', 'val'):
             ids = np.memmap(os.path.join(folder, f'{name}.bin'), dtype=np.uint16, mode='r')
-            mask = np.memmap(os.path.join(folder, f'{name}_mask.bin'), dtype=np.uint8, mode='r') \
-                if meta.get('format', 'text') != 'text' else None
-            splits[name] = Split(ids, mask)
+            if meta.get('format', 'text') == 'text':
+                splits[name] = Split(ids)
+            else:  # instruction pairs: their loss mask comes along
+                from instruct import PairSplit
+                mask = np.memmap(os.path.join(folder, f'{name}_mask.bin'), dtype=np.uint8, mode='r')
+                splits[name] = PairSplit(ids, mask)
     except (OSError, ValueError) as e:
         die(f"dataset '{dataset}' is not prepared in {folder} ({type(e).__name__}); run: python prepare.py")
-    try:  # meta.json from before tokenizer.py held only 'chars'
-        tok = from_description(meta['tokenizer'] if 'tokenizer' in meta else {'type': 'char', 'chars': meta.get('chars')})
+    legacy = {'type': 'char', 'chars': meta.get('chars')}  # meta.json from before tokenizer.py held only 'chars'
+    try:
+        tok = from_description(meta.get('tokenizer', legacy))
     except ValueError as e:
         die(f"{folder}/meta.json has a malformed tokenizer ({e}); rerun prepare.py for this dataset")
     for name, split in splits.items():  # files from another preparation than meta.json's
@@ -165,7 +151,7 @@ def load_data(dataset):
                 f"or a mask of another length); rerun prepare.py for this dataset")
     val = splits['val']  # bytes per scored token (on pairs: a response's), to show losses as bits per byte
     bytes_per_token = np.array(tok.token_bytes)[val.ids if val.mask is None else val.ids[val.mask == 1]].mean()
-    return SimpleNamespace(train=splits['train'], val=splits['val'], tok=tok, meta=meta, bytes_per_token=bytes_per_token)
+    return SimpleNamespace(train=splits['train'], val=val, tok=tok, meta=meta, bytes_per_token=bytes_per_token)
 
 
 def get_batch(split, ix, block_size, device):
@@ -181,87 +167,7 @@ def get_batch(split, ix, block_size, device):
     return x.to(device), y.to(device)
 
 
-@torch.no_grad()
-def estimate_loss(model, splits, batch_size, block_size, eval_iters, device, ctx=nullcontext()):
-    """Mean loss over the same eval_iters random batches of each split at every eval (over response
-    tokens only, for instruction pairs)."""
-    model.eval()
-    out = {}
-    for name, split in splits.items():
-        g = torch.Generator().manual_seed(0)
-        losses = torch.zeros(eval_iters)
-        for k in range(eval_iters):
-            ix = split.random_starts((batch_size,), block_size, g)
-            with ctx:
-                losses[k] = model(*get_batch(split, ix, block_size, device))[1].item()
-        out[name] = losses.mean().item()
-    model.train()
-    return out
-
-
-@torch.no_grad()
-def full_val_loss(model, split, block_size, device, batch_size=64, ctx=nullcontext(), token_bytes=None):
-    """Loss over the whole split, and bits per byte if token_bytes (each id's UTF-8 length) is given.
-    Plain text: consecutive windows, so every token but the first is predicted once. Instruction pairs:
-    one window for each pair, scoring that pair's response tokens."""
-    model.eval()
-    n = len(split)
-    if split.mask is None:
-        starts = np.arange(0, n - 1, block_size)
-        last = np.minimum(starts + block_size, n - 1)  # the last target of each window
-    else:
-        starts, last = split.pair_windows(block_size)
-    nats, count, nbytes = 0.0, 0, 0
-    for b in range(0, len(starts), batch_size):
-        s, e = starts[b:b + batch_size, None], last[b:b + batch_size, None]
-        pos = np.minimum(s + np.arange(block_size + 1), n - 1)  # windows past the end repeat the last id
-        ids = torch.from_numpy(split.ids[pos].astype(np.int64))
-        scored = torch.from_numpy(s + 1 + np.arange(block_size) <= e)  # (B, T): targets inside the window
-        if split.mask is not None:
-            scored &= torch.from_numpy(split.mask[pos[:, 1:]] == 1)
-        if not scored.any():
-            continue
-        y = ids[:, 1:].masked_fill(~scored, -1)
-        with ctx:
-            loss = model(ids[:, :-1].to(device), y.to(device))[1]
-        nats += loss.item() * scored.sum().item()
-        count += scored.sum().item()
-        if token_bytes is not None:
-            nbytes += token_bytes[y[scored]].sum().item()
-    model.train()
-    return nats / max(count, 1), (nats / math.log(2) / nbytes if nbytes else None), count
-
-
-def get_lr(it, progress, learning_rate, min_lr, warmup_iters, schedule='cosine'):
-    """Linear warmup for warmup_iters steps, then a decay to min_lr as progress goes from 0 to 1:
-    'cosine' decays all the way; 'wsd' (warmup-stable-decay) holds the peak, then decays linearly
-    over the last 40%."""
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)  # never 0, even at step 0
-    progress = min(max(progress, 0.0), 1.0)
-    if schedule == 'wsd':
-        coeff = min(1.0, (1.0 - progress) / 0.4)  # 1 until 60%, then linearly to 0
-    else:
-        coeff = 0.5 * (1.0 + math.cos(math.pi * progress))  # 1 -> 0
-    return min_lr + coeff * (learning_rate - min_lr)
-
-
-class KVCache:
-    """Keys and values of the positions seen so far, for every layer: (n_layer, B, nh, block_size, hs)."""
-
-    def __init__(self, n_layer, batch, n_head, block_size, head_size, device, dtype):
-        self.k = torch.zeros(n_layer, batch, n_head, block_size, head_size, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
-        self.pos = 0  # how many positions are filled; the model advances it after each forward
-
-    def update(self, layer, k, v):
-        """Store the new (B, nh, T, hs) keys and values at pos; return all keys and values so far."""
-        end = self.pos + k.size(2)
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-
+# ------------------------------------------------------------------- the model
 def rotate(x, cos, sin):
     """Rotary position embedding: turn each pair (x1[i], x2[i]) of a head by its position's angle i."""
     x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each; cos and sin are (T, hs/2)
@@ -404,20 +310,19 @@ class GPT(nn.Module):
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, kv_cache=True, generator=None,
                  done=None):
         """Append up to max_new_tokens sampled tokens to idx (B, T); stop early once done(new_ids) is true
-        for every row (new_ids: a row's sampled ids so far).
+        for every row (new_ids: a row's sampled ids so far). The context is cropped to block_size.
 
-        The context is cropped to block_size. With the cache, each step feeds only the newest token.
-        Learned positions end at block_size, so when the cache is full it is rebuilt from the last
-        block_size // 2 tokens at positions 0.. (one forward over them), and filling goes on from there:
-        every token still sees at least half a block of context, at a small amortized cost. While the
-        text fits in block_size, cached and uncached sampling give the same tokens."""
+        With the cache, each step feeds only the newest token. Positions end at block_size, so a full cache
+        is rebuilt from the last half block (one forward over it, at positions 0..): every token still sees
+        half a block or more. While the text fits in block_size, cached and uncached give the same tokens."""
         cache, fed, T0 = None, 0, idx.size(1)  # fed: how many tokens of idx are in the cache
         for _ in range(max_new_tokens):
             if not kv_cache:
                 logits, _ = self(idx[:, -self.block_size:])
             else:
                 if cache is None or cache.pos == self.block_size:
-                    keep = idx.size(1) if cache is None and idx.size(1) <= self.block_size else max(self.block_size // 2, 1)
+                    fits = cache is None and idx.size(1) <= self.block_size
+                    keep = idx.size(1) if fits else max(self.block_size // 2, 1)
                     attn = self.blocks[0].attn
                     cache = KVCache(len(self.blocks), idx.size(0), attn.n_head, self.block_size,
                                     self.wte.weight.size(1) // attn.n_head, idx.device, self.wte.weight.dtype)
@@ -428,6 +333,23 @@ class GPT(nn.Module):
             if done is not None and all(done(row[T0:]) for row in idx.tolist()):
                 break
         return idx
+
+
+# -------------------------------------------------------------------- sampling
+class KVCache:
+    """Keys and values of the positions seen so far, for every layer: (n_layer, B, nh, block_size, hs)."""
+
+    def __init__(self, n_layer, batch, n_head, block_size, head_size, device, dtype):
+        self.k = torch.zeros(n_layer, batch, n_head, block_size, head_size, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.pos = 0  # how many positions are filled; the model advances it after each forward
+
+    def update(self, layer, k, v):
+        """Store the new (B, nh, T, hs) keys and values at pos; return all keys and values so far."""
+        end = self.pos + k.size(2)
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
 def sample_next(logits, temperature, top_k=0, top_p=1.0, generator=None):
@@ -446,165 +368,7 @@ def sample_next(logits, temperature, top_k=0, top_p=1.0, generator=None):
     return torch.multinomial(probs, 1, generator=generator)
 
 
-# ----------------------------------------------------------------------------- smaller weights
-# Weight-only quantization of the Linear layers inside the blocks (embeddings, head and norms stay as
-# they are): each weight is stored as a small integer code plus a float scale for a group of weights.
-
-class Int8Linear(nn.Module):
-    """A Linear whose weight is int8 with one absmax scale per output row: w ~ code * absmax / 127."""
-
-    def __init__(self, linear):
-        super().__init__()
-        w = linear.weight.detach().float()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer('scale', w.abs().amax(dim=1).clamp(min=1e-12) / 127)  # (out,)
-        self.register_buffer('qweight', torch.round(w / self.scale[:, None]).to(torch.int8))  # (out, in)
-        self.packed = None  # fbgemm's prepacked copy, made on first use on a CPU
-
-    def dequantize(self):
-        return self.qweight.float() * self.scale[:, None]
-
-    def forward(self, x):
-        if x.device.type == 'cpu' and not torch.is_grad_enabled() and torch.backends.quantized.engine == 'fbgemm':
-            # Speed: on a CPU, sampling is bound by reading weights, and fp32 reads 4 bytes a weight.
-            # fbgemm's int8 matmul reads 1 (it also rounds each row of x to 8 bits on the fly); it ran
-            # a 6x384 model's token step 6x faster than fp32 here, while dequantize-then-matmul and
-            # torch._weight_int8pack_mm were slower than fp32. So: fbgemm to evaluate and sample, and the
-            # exact dequantized weight wherever gradients flow (LoRA training on an int8 base).
-            if self.packed is None:  # the same int8 codes and scales, in fbgemm's layout
-                with warnings.catch_warnings():  # torch calls its quantized tensors deprecated; the kernel stays
-                    warnings.simplefilter('ignore')
-                    q = torch.quantize_per_channel(self.dequantize(), self.scale.double(),
-                                                   torch.zeros_like(self.scale, dtype=torch.long), 0, torch.qint8)
-                self.packed = torch.ops.quantized.linear_prepack(q, None)
-            return torch.ops.quantized.linear_dynamic(x.float(), self.packed).to(x.dtype)
-        return F.linear(x, self.dequantize().to(x.dtype))
-
-
-def nf4_code():
-    """NF4, QLoRA's 4-bit data type: 16 values at quantiles of a standard normal, scaled to [-1, 1], with
-    an exact 0. Normally distributed weights then use all 16 codes about equally often. The quantiles are
-    taken at probabilities evenly spaced from 0.5 to offset (not 1, whose quantile is infinite): 8 on the
-    positive side and 7 on the negative, so that 0 is one of the 16."""
-    offset = 1 - (1 / (2 * 15) + 1 / (2 * 16)) / 2  # 0.9677: between the last points of 15 and 16 bins
-    positive = torch.special.ndtri(torch.linspace(offset, 0.5, 9, dtype=torch.float64)[:-1])  # 8 values
-    negative = -torch.special.ndtri(torch.linspace(offset, 0.5, 8, dtype=torch.float64)[:-1])  # 7 values
-    code = torch.cat([negative, torch.zeros(1, dtype=torch.float64), positive]).sort().values
-    return (code / code.abs().max()).float()
-
-
-class NF4Linear(nn.Module):
-    """A Linear whose weight is NF4: blocks of 64 weights, each block scaled by its absmax into [-1, 1]
-    and rounded to the nearest of the 16 NF4 values; two 4-bit codes are packed into each byte.
-    It dequantizes to float for every matmul: it saves memory, not time (this is the readable version)."""
-    block = 64
-
-    def __init__(self, linear):
-        super().__init__()
-        w = linear.weight.detach().float()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        flat = F.pad(w.flatten(), (0, -w.numel() % self.block)).view(-1, self.block)  # (n_blocks, 64)
-        self.register_buffer('absmax', flat.abs().amax(dim=1, keepdim=True).clamp(min=1e-12))
-        self.register_buffer('code', nf4_code())
-        codes = torch.bucketize(flat / self.absmax, (self.code[1:] + self.code[:-1]) / 2)  # the nearest value
-        self.register_buffer('packed', (codes[:, 0::2] << 4 | codes[:, 1::2]).to(torch.uint8))  # (n_blocks, 32)
-
-    def dequantize(self):
-        codes = torch.stack((self.packed >> 4, self.packed & 15), dim=-1).flatten(1).long()  # (n_blocks, 64)
-        w = (self.code[codes] * self.absmax).flatten()[:self.in_features * self.out_features]
-        return w.view(self.out_features, self.in_features)
-
-    def forward(self, x):
-        return F.linear(x, self.dequantize().to(x.dtype))
-
-
-def swap_linears(model, make):
-    """Replace each Linear layer in the blocks (c_attn, c_proj, c_fc) by make(layer)."""
-    for module in list(model.blocks.modules()):
-        for name, child in list(module.named_children()):
-            if name in ('c_attn', 'c_proj', 'c_fc'):
-                setattr(module, name, make(child))
-
-
-def quantize_model(model, kind):
-    if kind == 'int8' and 'fbgemm' in torch.backends.quantized.supported_engines:
-        torch.backends.quantized.engine = 'fbgemm'  # on x86 the default engine runs this matmul 2-4x slower
-    swap_linears(model, {'int8': Int8Linear, 'nf4': NF4Linear}[kind])
-
-
-def weight_bytes(model):
-    """Bytes of the blocks' Linear weights as stored: fp32, or codes plus scales."""
-    return sum(b.numel() * b.element_size() for m in model.blocks.modules() for n, b in
-               [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
-               if isinstance(m, (nn.Linear, Int8Linear, NF4Linear)) and n != 'code')
-
-
-# ----------------------------------------------------------------------------- LoRA
-class LoRALinear(nn.Module):
-    """A frozen layer plus a trainable low-rank update: y = base(x) + (alpha / rank) * x A^T B^T.
-    A (rank, in) starts random and B (out, rank) at zero, so at step 0 the model is exactly the base."""
-
-    def __init__(self, base, rank, alpha):
-        super().__init__()
-        self.base = base.requires_grad_(False)  # an nn.Linear, or its int8/NF4 version (QLoRA)
-        self.lora_A = nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
-        self.scale = alpha / rank
-
-    def forward(self, x):
-        return self.base(x) + (x @ self.lora_A.T @ self.lora_B.T) * self.scale
-
-    def merged(self):
-        """An ordinary Linear with the update folded into its weight: sampling pays nothing extra."""
-        w = self.base.weight if isinstance(self.base, nn.Linear) else self.base.dequantize()
-        linear = nn.Linear(self.base.in_features, self.base.out_features, bias=False, device=w.device)
-        linear.weight.data = (w + self.scale * self.lora_B @ self.lora_A).detach()
-        return linear
-
-
-def add_lora(model, rank, alpha):
-    """Freeze the whole model, then wrap each Linear in the blocks with a trainable LoRA update."""
-    model.requires_grad_(False)
-    swap_linears(model, lambda layer: LoRALinear(layer, rank, alpha))
-
-
-def merge_lora(model):
-    """Fold every LoRA update into its weight (on a quantized base too: the merged weight is fp32)."""
-    swap_linears(model, lambda layer: layer.merged() if isinstance(layer, LoRALinear) else layer)
-
-
-# ----------------------------------------------------------------------------- Muon
-def newton_schulz(G, steps=5):
-    """The nearest semi-orthogonal matrix to G, approximately: all singular values pushed towards 1."""
-    a, b, c = 3.4445, -4.7750, 2.0315  # a quintic iteration tuned to converge fast (Keller Jordan's Muon)
-    X = G / (G.norm() + 1e-7)  # singular values now <= 1
-    if G.size(0) > G.size(1):
-        X = X.T  # iterate on the wide side: X @ X.T is the smaller product
-    for _ in range(steps):
-        A = X @ X.T
-        X = a * X + (b * A + c * A @ A) @ X
-    return X.T if G.size(0) > G.size(1) else X
-
-
-class Muon(torch.optim.Optimizer):
-    """Momentum, then orthogonalize the update: every direction of a weight matrix moves at the same rate."""
-
-    def __init__(self, params, lr=0.02, momentum=0.95):
-        super().__init__(params, dict(lr=lr, momentum=momentum))
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            for p in group['params']:
-                if p.grad is None:
-                    continue
-                buf = self.state[p].setdefault('momentum_buffer', torch.zeros_like(p))
-                buf.lerp_(p.grad, 1 - group['momentum'])
-                update = newton_schulz(p.grad.lerp(buf, group['momentum']))  # Nesterov momentum
-                p.add_(update.to(p.dtype), alpha=-group['lr'] * max(1.0, p.size(0) / p.size(1)) ** 0.5)
-
-
-# ----------------------------------------------------------------------------- checkpoints
+# ----------------------------------------------------------------- checkpoints
 def save_checkpoint(path, ckpt):
     """Write to a temp file, fsync, then rename: a crash leaves the old checkpoint or the new one. A write
     that fails (a full disk) removes the temp file and stops in one line; the old checkpoint stays."""
@@ -623,15 +387,6 @@ def save_checkpoint(path, ckpt):
         die(f"could not save {path} ({e.strerror or e}); nothing partial is left, and {kept}")
 
 
-def sha256(path):
-    with open(path, 'rb') as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def tokenizer_of(ckpt):
-    return ckpt['tokenizer'] if 'tokenizer' in ckpt else {'type': 'char', 'chars': ckpt.get('chars')}  # older files
-
-
 def load_checkpoint(path, model_type, tok=None):
     """A checkpoint as plain data (weights_only: no pickled code runs), checked against the dataset's tokenizer."""
     if not os.path.isfile(path):
@@ -647,9 +402,10 @@ def load_checkpoint(path, model_type, tok=None):
         die(f"{path} is not a loadable checkpoint: truncated or not a torch file ({type(e).__name__})")
     if not isinstance(ckpt, dict) or ckpt.get('model_type') != model_type or 'model_args' not in ckpt:
         die(f"{path} is not a {model_type} checkpoint written by {model_type}.py")
-    theirs = tokenizer_of(ckpt)
+    theirs = ckpt['tokenizer'] if 'tokenizer' in ckpt else {'type': 'char', 'chars': ckpt.get('chars')}  # older: chars
     if tok is not None and theirs != tok.describe():
-        name = lambda d: f"{d.get('type')}, {len(d.get('chars') or d.get('merges') or [])} {'chars' if d.get('type') == 'char' else 'merges'}"
+        name = lambda d: (f"{d.get('type')}, {len(d.get('chars') or d.get('merges') or [])} "
+                          f"{'chars' if d.get('type') == 'char' else 'merges'}")
         die(f"{path} was trained on another vocabulary ({name(theirs)}) than dataset '{dataset}' "
             f"({name(tok.describe())}); encode your text with its tokenizer: python prepare.py --input=FILE "
             f"--dataset=NAME --tokenizer_from={ckpt.get('config', {}).get('dataset', 'ITS_DATASET')}")
@@ -658,11 +414,11 @@ def load_checkpoint(path, model_type, tok=None):
 
 def base_weights(path, ckpt, tok):
     """The full weights of a LoRA checkpoint's base, once it is checked to be the very file it trained on."""
+    from lora import base_problem
     base = ckpt['base']
-    if not os.path.isfile(base['path']):
-        die(f"{path} is a LoRA checkpoint on the base {base['path']}, which is missing; put it back")
-    if sha256(base['path']) != base['sha256']:
-        die(f"{path} is a LoRA checkpoint on the base {base['path']}, which has changed since (sha256 differs)")
+    problem = base_problem(base)
+    if problem:
+        die(f"{path} is a LoRA checkpoint on the base {base['path']}, which {problem}")
     return full_weights(base['path'], load_checkpoint(base['path'], 'gpt', tok), tok)
 
 
@@ -670,16 +426,14 @@ def full_weights(path, ckpt, tok):
     """All of a checkpoint's weights. A LoRA checkpoint holds only its adapters: they are merged into its base."""
     if 'lora' not in ckpt:
         return ckpt['model']
+    from lora import adapt, merge_lora
     model = GPT(**ckpt['model_args'])
     model.load_state_dict(base_weights(path, ckpt, tok))
-    if ckpt['lora'].get('quantize'):
-        quantize_model(model, ckpt['lora']['quantize'])
-    add_lora(model, ckpt['lora']['rank'], ckpt['lora']['alpha'])
-    model.load_state_dict(ckpt['model'], strict=False)
-    merge_lora(model)
+    merge_lora(adapt(model, ckpt['lora'], ckpt['model']))
     return model.state_dict()
 
 
+# ---------------------------------------------------------- the steps of a run
 def check_config(data):
     """One clear line for each setting that cannot work, before anything is built or written."""
     n_train, n_val = len(data.train), len(data.val)
@@ -725,12 +479,12 @@ def check_config(data):
             + (" ('\\udcXX' is a byte that is not UTF-8: check the terminal's encoding)" if not_utf8 else ''))
 
 
-# ----------------------------------------------------------------------------- the steps of a run
 def setup_processes():
     """One process, or one per GPU (or CPU worker) under torchrun, each with a slice of every batch; the
     device, and the precision. What every later step shares about the processes lives here."""
     ddp = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
-    rank, world_size, local_rank = (int(os.environ.get(k, d)) for k, d in (('RANK', 0), ('WORLD_SIZE', 1), ('LOCAL_RANK', 0)))
+    rank, local_rank = int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
+    world_size = int(os.environ.get('WORLD_SIZE', 1))
     dev = pick_device(device)
     if ddp and dev.startswith('cuda'):
         dev = f'cuda:{local_rank}'
@@ -748,16 +502,15 @@ def setup_processes():
     run.log(f"device: {dev}, dtype: {ptdtype} ({why if dtype == 'auto' else 'as asked'})")
     run.ctx = nullcontext() if ptdtype == 'float32' else torch.autocast(dev_type, dtype=getattr(torch, ptdtype))
     run.scaler = torch.amp.GradScaler(dev_type, enabled=ptdtype == 'float16')
-    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls for any float32 work left on the GPU
-    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # TF32 for float32 work on GPUs
     return run
 
 
 def build_model(run, data):
-    """The model: fresh ('scratch'), the run in out_dir ('resume'), or the weights of another checkpoint to
-    fine-tune (init_from=PATH: a new run from step 0), with a LoRA update if lora_rank > 0. Returns it
-    and the state of the run that the later steps share."""
-    state = SimpleNamespace(iter_num=0, best_val_loss=math.inf, train_time=0.0, ckpt=None, lora=None, base=None, tokenizer=data.tok.describe(),
+    """The model: fresh ('scratch'), the run in out_dir ('resume'), or another checkpoint's weights to fine-tune
+    (init_from=PATH, from step 0; with LoRA if lora_rank > 0). Also the state that the later steps share."""
+    state = SimpleNamespace(iter_num=0, best_val_loss=math.inf, train_time=0.0, lr=0.0, tokens_per_iter=0,
+                            flops_per_iter=0, ckpt=None, lora=None, base=None, tokenizer=data.tok.describe(),
                             ckpt_path=os.path.join(ROOT, out_dir, 'ckpt.pt'), config=knobs(globals()),
                             data_rng=torch.Generator().manual_seed(seed),  # the same on every process: the global batch
                             template={k: data.meta[k] for k in ('sep', 'end') if k in data.meta},
@@ -782,31 +535,26 @@ def build_model(run, data):
                 f"over it: give another --out_dir")
         ckpt = load_checkpoint(path, 'gpt', data.tok)
         weights = full_weights(path, ckpt, data.tok)
-        if lora_rank:
+        if lora_rank:  # a new LoRA run: the adapters' settings, and which file their base is
+            from lora import sha256
             state.lora = {'rank': lora_rank, 'alpha': lora_alpha, 'quantize': quantize}
             state.base = {'path': os.path.realpath(path), 'sha256': sha256(path)}
     if state.ckpt is not None or weights is not None:  # the architecture is the checkpoint's
         state.model_args = {**ckpt['model_args'], 'dropout': dropout}
         state.template = state.template or ckpt.get('template', {})
     model = GPT(**state.model_args)
-    n_params = sum(p.numel() for p in model.parameters())
-    run.log(f"model: {n_params / 1e6:.2f}M parameters, {state.model_args}")
+    run.log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {state.model_args}")
     if weights is not None:
         model.load_state_dict(weights)
-    if state.lora:
-        if state.lora['quantize']:
-            quantize_model(model, state.lora['quantize'])  # QLoRA: the frozen base in 4 (or 8) bits
-        add_lora(model, state.lora['rank'], state.lora['alpha'])
-        if state.ckpt is not None:
-            model.load_state_dict(state.ckpt['model'], strict=False)  # the adapters
+    if state.lora:  # lora.py loads only here, when a run has LoRA
+        from lora import adapt, summary
+        adapt(model, state.lora, state.ckpt['model'] if state.ckpt is not None else None)
+        run.log(summary(model, state.lora))
     model.gradient_checkpointing = gradient_checkpointing
     T = state.model_args['block_size']
     if T >= min(len(data.train), len(data.val)):
-        die(f"the model's block_size ({T}) must be shorter than both splits ({len(data.train):,} and {len(data.val):,} tokens)")
-    if state.lora:
-        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        run.log(f"LoRA rank {state.lora['rank']}{' on a ' + state.lora['quantize'] + ' base' if state.lora['quantize'] else ''}: "
-                f"training {n_train:,} of {n_params + n_train:,} parameters ({100 * n_train / (n_params + n_train):.2f}%)")
+        die(f"the model's block_size ({T}) must be shorter than both splits "
+            f"({len(data.train):,} and {len(data.val):,} tokens)")
     return model.to(run.dev), state
 
 
@@ -825,6 +573,7 @@ def make_optimizers(run, model, state):
                                          {'params': no_decay, 'weight_decay': 0.0}],
                                         lr=learning_rate, betas=(beta1, beta2), fused=run.dev_type == 'cuda')]
         if hidden:
+            from muon import Muon
             optimizers.append(Muon(hidden, lr=muon_lr))
     ckpt = state.ckpt
     if ckpt is not None:
@@ -867,11 +616,18 @@ def every_rank(run, rng_state):
     return torch.stack(rows).cpu()
 
 
+def finish_processes(run):
+    if run.ddp:
+        dist.barrier()  # leave together: no process exits while another still talks to it
+        dist.destroy_process_group()
+
+
 def save(run, model, optimizers, state):
-    """Every process calls this: each one's RNG state goes in; process 0 writes the file. A LoRA run
-    saves only what trained, with the path and sha256 of the base checkpoint it needs."""
+    """Every process calls this, so that each one's RNG state goes in; process 0 writes the file. A LoRA run
+    saves only its adapters, with the path and sha256 of the base they need."""
     if not all(torch.isfinite(p).all() for p in model.parameters()):
-        die(f"the weights are not finite at step {state.iter_num}; not saved, {state.ckpt_path} keeps the last good state")
+        die(f"the weights are not finite at step {state.iter_num}; not saved, {state.ckpt_path} keeps the last good "
+            f"state")
     rng = {'torch': every_rank(run, torch.get_rng_state()), 'data': state.data_rng.get_state(),
            'cuda': every_rank(run, torch.cuda.get_rng_state()) if run.dev_type == 'cuda' else None}
     weights = model.state_dict()
@@ -881,7 +637,8 @@ def save(run, model, optimizers, state):
         save_checkpoint(state.ckpt_path, {
             'model_type': 'gpt', 'model': weights, 'optimizer': [o.state_dict() for o in optimizers],
             'model_args': state.model_args, 'iter_num': state.iter_num, 'best_val_loss': state.best_val_loss,
-            'train_time': state.train_time, 'config': state.config, 'tokenizer': state.tokenizer, 'template': state.template, 'rng': rng,
+            'train_time': state.train_time, 'config': state.config, 'tokenizer': state.tokenizer,
+            'template': state.template, 'rng': rng,
             **({'lora': state.lora, 'base': state.base} if state.lora else {})})
 
 
@@ -893,12 +650,136 @@ def compile_and_wrap(run, model, data):
             compiled = torch.compile(model)
             with torch.random.fork_rng(devices=[run.dev] if run.dev_type == 'cuda' else []), run.ctx:
                 T = model.block_size
-                compiled(*get_batch(data.train, data.train.random_starts((batch_size,), T, torch.Generator()), T, run.dev))
+                ix = data.train.random_starts((batch_size,), T, torch.Generator())
+                compiled(*get_batch(data.train, ix, T, run.dev))
         except Exception as e:
-            run.log(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:100]}); running eagerly")
+            run.log(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:100]}); "
+                    f"running eagerly")
             compiled = model
-    wrapped = DDP(compiled, device_ids=[run.local_rank] if run.dev_type == 'cuda' else None) if run.ddp else compiled
-    return compiled, wrapped
+    if not run.ddp:
+        return compiled, compiled
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    return compiled, DDP(compiled, device_ids=[run.local_rank] if run.dev_type == 'cuda' else None)
+
+
+@torch.no_grad()
+def estimate_loss(model, splits, batch_size, block_size, eval_iters, device, ctx=nullcontext()):
+    """Mean loss over the same eval_iters random batches of each split at every eval (over response
+    tokens only, for instruction pairs)."""
+    model.eval()
+    out = {}
+    for name, split in splits.items():
+        g = torch.Generator().manual_seed(0)
+        losses = torch.zeros(eval_iters)
+        for k in range(eval_iters):
+            ix = split.random_starts((batch_size,), block_size, g)
+            with ctx:
+                losses[k] = model(*get_batch(split, ix, block_size, device))[1].item()
+        out[name] = losses.mean().item()
+    model.train()
+    return out
+
+
+def train(run, raw_model, optimizers, data, state):
+    """Train until max_iters, max_time or a signal; evaluate and save every eval_interval steps."""
+    model, train_model = compile_and_wrap(run, raw_model, data)
+    caught = {'signal': 0}  # Ctrl-C or SIGTERM: finish the current step, save it, say how to resume, exit
+    before = {s: signal.signal(s, lambda signum, frame: caught.update(signal=signum))
+              for s in (signal.SIGINT, signal.SIGTERM)}
+    begin_log(run, raw_model, state)
+    start_iter, start_time = state.iter_num, state.train_time
+    t_start = time.time() - start_time  # a resumed run's clock goes on from the time it had trained
+    t0 = time.time()
+    while True:
+        # stop on the step count, the time budget, or a signal to any process
+        signum, state.train_time = agree(run, caught['signal'], time.time() - t_start)
+        signum = int(signum)
+        last_step = state.iter_num >= max_iters or (max_time > 0 and state.train_time >= max_time) or signum
+        resumed_here = init_from == 'resume' and state.iter_num == start_iter  # that step was evaluated already
+        if (state.iter_num % eval_interval == 0 or last_step) and not resumed_here and not signum:
+            evaluate_and_save(run, model, raw_model, optimizers, data, state)
+            t0 = time.time()  # the eval is not training time for the next progress line
+        if signum:
+            stop_on_signal(run, raw_model, optimizers, state, signum, saved=state.iter_num > start_iter)
+        if last_step:
+            break
+        set_lr(optimizers, state)
+        loss = train_step(run, train_model, raw_model, optimizers, data, state)
+        state.iter_num += 1
+        if state.iter_num % log_interval == 0 and run.master:
+            log_progress(run, state, loss, (time.time() - t0) / log_interval, t_start)
+            t0 = time.time()
+    for s, handler in before.items():  # Ctrl-C while sampling raises KeyboardInterrupt again, as before training
+        signal.signal(s, handler)
+    if state.iter_num > start_iter:
+        run.log(f"trained {state.iter_num - start_iter} steps in {state.train_time - start_time:.1f}s; "
+                f"saved {state.ckpt_path}")
+    if run.dev_type == 'cuda':
+        run.log(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB")
+    return state.iter_num > start_iter
+
+
+def begin_log(run, model, state):
+    """What a step is (tokens; FLOPs for MFU), and log.csv's header: an unwritable out_dir stops us here."""
+    T = model.block_size
+    state.tokens_per_iter = batch_size * T * gradient_accumulation_steps * run.world_size
+    run.log(f"tokens per optimizer step: {state.tokens_per_iter:,} = batch_size {batch_size} x block_size {T}"
+            f" x gradient_accumulation_steps {gradient_accumulation_steps} x processes {run.world_size}")
+    n_params, cfg = sum(p.numel() for p in model.parameters()), state.model_args
+    state.flops_per_iter = (6 * n_params + 12 * cfg['n_layer'] * cfg['n_embd'] * T) * state.tokens_per_iter
+    state.lr = get_lr(state.iter_num, 0, learning_rate, min_lr, warmup_iters)
+    if not os.path.exists(os.path.join(ROOT, out_dir, 'log.csv')) or init_from != 'resume':
+        write_csv(run, state, 'header')
+
+
+def evaluate_and_save(run, model, raw_model, optimizers, data, state):
+    """The `step N:` line (on instruction pairs, of response tokens only), its row in log.csv, a checkpoint."""
+    T = raw_model.block_size
+    losses = estimate_loss(model, {'train': data.train, 'val': data.val}, batch_size, T, eval_iters, run.dev, run.ctx)
+    run.log(f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+    if not math.isfinite(losses['train'] + losses['val']):
+        die(f"the loss is not finite at step {state.iter_num}; not saved, {state.ckpt_path} keeps the last good state")
+    state.best_val_loss = min(state.best_val_loss, losses['val'])
+    write_csv(run, state, 'eval', losses['train'], losses['val'], losses['val'] / math.log(2) / data.bytes_per_token)
+    if state.iter_num > 0:
+        save(run, raw_model, optimizers, state)
+
+
+def stop_on_signal(run, model, optimizers, state, signum, saved):
+    """After Ctrl-C or SIGTERM: save the step just finished, say how to resume, and exit 128 + signum."""
+    if saved:
+        save(run, model, optimizers, state)
+    run.log(f"{signal.Signals(signum).name} at step {state.iter_num}: "
+            f"{'saved ' + state.ckpt_path if saved else 'nothing new to save'}; "
+            f"continue with the same command and --init_from=resume")
+    finish_processes(run)
+    sys.exit(128 + signum)
+
+
+def get_lr(it, progress, learning_rate, min_lr, warmup_iters, schedule='cosine'):
+    """Linear warmup for warmup_iters steps, then a decay to min_lr as progress goes from 0 to 1:
+    'cosine' decays all the way; 'wsd' (warmup-stable-decay) holds the peak, then decays linearly
+    over the last 40%."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)  # never 0, even at step 0
+    progress = min(max(progress, 0.0), 1.0)
+    if schedule == 'wsd':
+        coeff = min(1.0, (1.0 - progress) / 0.4)  # 1 until 60%, then linearly to 0
+    else:
+        coeff = 0.5 * (1.0 + math.cos(math.pi * progress))  # 1 -> 0
+    return min_lr + coeff * (learning_rate - min_lr)
+
+
+def set_lr(optimizers, state):
+    """This step's rate from the schedule, in every group of every optimizer (Muon's at its own scale)."""
+    decay_iters = lr_decay_iters or max_iters
+    # how far the decay has gone: by steps after warmup, or by time used, whichever is further
+    progress = max((state.iter_num - warmup_iters) / max(decay_iters - warmup_iters, 1),
+                   state.train_time / max_time if max_time > 0 else 0.0)
+    state.lr = get_lr(state.iter_num, progress, learning_rate, min_lr, warmup_iters, schedule)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group['lr'] = group['base_lr'] * state.lr / learning_rate
 
 
 def train_step(run, model, raw_model, optimizers, data, state):
@@ -927,147 +808,80 @@ def train_step(run, model, raw_model, optimizers, data, state):
     return loss.item()
 
 
+def log_progress(run, state, loss, dt, t_start):
+    """The progress line and its row in log.csv; dt is the time of a step, over the last log_interval."""
+    eta = (max_iters - state.iter_num) * dt
+    if max_time > 0:
+        eta = min(eta, max_time - (time.time() - t_start))
+    peak = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}  # dense bf16 FLOP/s
+    peak_flops = next((v for k, v in peak.items() if run.dev_type == 'cuda' and k in torch.cuda.get_device_name()), 0)
+    mfu = f", mfu {100 * state.flops_per_iter / dt / peak_flops:.1f}%" if peak_flops else ''
+    print(f"iter {state.iter_num}: loss {loss:.4f}, lr {state.lr:.2e}, {dt * 1000:.1f} ms/iter, "
+          f"{state.tokens_per_iter / dt:,.0f} tok/s{mfu}, eta {eta:.0f}s")
+    write_csv(run, state, 'train', loss)
+
+
 def write_csv(run, state, kind, train_loss='', val_loss='', val_bpb=''):
-    """A row of <out_dir>/log.csv: 'train' (progress), 'eval' (the step lines) or 'final' (whole split)."""
-    if run.master:
-        fmt = lambda v: f"{v:.6f}" if isinstance(v, float) else v
-        append_csv(f"{kind},{state.iter_num},{state.iter_num * state.tokens_per_iter},{state.train_time:.3f},"
-                   f"{state.lr:.6g},{fmt(train_loss)},{fmt(val_loss)},{fmt(val_bpb)}")
-
-
-def append_csv(line, mode='a'):
-    """Add a line to <out_dir>/log.csv ('w' starts it). A folder that can't be written, or a full disk,
-    stops the run in one line; the checkpoint keeps the last good state."""
+    """Process 0 adds a row to <out_dir>/log.csv: 'train' (progress), 'eval' (the step lines), 'final' (whole
+    split), or the 'header' of a new file. A folder that can't be written, or a full disk: one line, stop."""
+    fmt = lambda v: f"{v:.6f}" if isinstance(v, float) else v
+    row = 'kind,iter,tokens,time_s,lr,train_loss,val_loss,val_bpb' if kind == 'header' else \
+        (f"{kind},{state.iter_num},{state.iter_num * state.tokens_per_iter},{state.train_time:.3f},{state.lr:.6g},"
+         f"{fmt(train_loss)},{fmt(val_loss)},{fmt(val_bpb)}")
     path = os.path.join(ROOT, out_dir, 'log.csv')
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, mode) as f:
-            f.write(line + '\n')
+        if run.master:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, 'w' if kind == 'header' else 'a') as f:
+                f.write(row + '\n')
     except OSError as e:
         die(f"cannot write {path} ({e.strerror or e}); give another --out_dir, or free some space")
 
 
-def train(run, raw_model, optimizers, data, state):
-    """Train until max_iters, max_time or a signal; evaluate and save every eval_interval steps."""
-    model, train_model = compile_and_wrap(run, raw_model, data)
-    caught = {'signal': 0}  # Ctrl-C or SIGTERM: finish the current step, save it, say how to resume, exit
-    before = {s: signal.signal(s, lambda signum, frame: caught.update(signal=signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    T = raw_model.block_size
-    state.tokens_per_iter = batch_size * T * gradient_accumulation_steps * run.world_size
-    run.log(f"tokens per optimizer step: {state.tokens_per_iter:,} = batch_size {batch_size} x block_size {T}"
-            f" x gradient_accumulation_steps {gradient_accumulation_steps} x processes {run.world_size}")
-    cfg = state.model_args
-    flops_per_iter = (6 * sum(p.numel() for p in raw_model.parameters()) + 12 * cfg['n_layer'] * cfg['n_embd'] * T) * state.tokens_per_iter
-    peak = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}  # dense bf16 FLOP/s
-    peak_flops = next((v for k, v in peak.items() if run.dev_type == 'cuda' and k in torch.cuda.get_device_name()), 0)
-    decay_iters = lr_decay_iters or max_iters
-    if run.master and (not os.path.exists(os.path.join(ROOT, out_dir, 'log.csv')) or init_from != 'resume'):
-        append_csv('kind,iter,tokens,time_s,lr,train_loss,val_loss,val_bpb', 'w')  # before any step: out_dir is writable
-    start_iter, start_time = state.iter_num, state.train_time
-    t_start = time.time() - start_time  # a resumed run's clock goes on from the time it had trained
-    state.lr = get_lr(state.iter_num, 0, learning_rate, min_lr, warmup_iters)
-    t0 = time.time()
-    while True:
-        # stop on the step count, the time budget, or a signal to any process
-        signum, state.train_time = agree(run, caught['signal'], time.time() - t_start)
-        signum = int(signum)
-        last_step = state.iter_num >= max_iters or (max_time > 0 and state.train_time >= max_time) or signum
-        if (state.iter_num % eval_interval == 0 or last_step) and not (init_from == 'resume' and state.iter_num == start_iter) and not signum:
-            # on instruction pairs, both losses count the response tokens only
-            losses = estimate_loss(model, {'train': data.train, 'val': data.val}, batch_size, T, eval_iters, run.dev, run.ctx)
-            run.log(f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            if not math.isfinite(losses['train'] + losses['val']):
-                die(f"the loss is not finite at step {state.iter_num}; not saved, {state.ckpt_path} keeps the last good state")
-            state.best_val_loss = min(state.best_val_loss, losses['val'])
-            write_csv(run, state, 'eval', losses['train'], losses['val'], losses['val'] / math.log(2) / data.bytes_per_token)
-            if state.iter_num > 0:
-                save(run, raw_model, optimizers, state)
-            t0 = time.time()  # the eval is not training time for the next progress line
-        if signum:
-            if state.iter_num > start_iter:
-                save(run, raw_model, optimizers, state)
-            run.log(f"{signal.Signals(signum).name} at step {state.iter_num}: "
-                    f"{'saved ' + state.ckpt_path if state.iter_num > start_iter else 'nothing new to save'}; "
-                    f"continue with the same command and --init_from=resume")
-            finish_processes(run)
-            sys.exit(128 + signum)
-        if last_step:
-            break
-        # how far the decay has gone: by steps after warmup, or by time used, whichever is further
-        progress = max((state.iter_num - warmup_iters) / max(decay_iters - warmup_iters, 1),
-                       state.train_time / max_time if max_time > 0 else 0.0)
-        state.lr = get_lr(state.iter_num, progress, learning_rate, min_lr, warmup_iters, schedule)
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group['lr'] = group['base_lr'] * state.lr / learning_rate
-        loss = train_step(run, train_model, raw_model, optimizers, data, state)
-        state.iter_num += 1
-        if state.iter_num % log_interval == 0 and run.master:
-            dt = (time.time() - t0) / log_interval
-            t0 = time.time()
-            eta = (max_iters - state.iter_num) * dt
-            if max_time > 0:
-                eta = min(eta, max_time - (time.time() - t_start))
-            mfu = f", mfu {100 * flops_per_iter / dt / peak_flops:.1f}%" if peak_flops else ''
-            print(f"iter {state.iter_num}: loss {loss:.4f}, lr {state.lr:.2e}, {dt * 1000:.1f} ms/iter, "
-                  f"{state.tokens_per_iter / dt:,.0f} tok/s{mfu}, eta {eta:.0f}s")
-            write_csv(run, state, 'train', loss)
-    for s, handler in before.items():  # Ctrl-C while sampling raises KeyboardInterrupt again, as before training
-        signal.signal(s, handler)
-    if state.iter_num > start_iter:
-        run.log(f"trained {state.iter_num - start_iter} steps in {state.train_time - start_time:.1f}s; saved {state.ckpt_path}")
-    if run.dev_type == 'cuda':
-        run.log(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB")
-    return state.iter_num > start_iter
-
-
-def finish_processes(run):
-    if run.ddp:
-        dist.barrier()  # leave together: no process exits while another still talks to it
-        dist.destroy_process_group()
-
-
+# ----------------------------------------------------- evaluation and sampling
 def inference_model(model, state):
-    """The model to evaluate and sample after training: LoRA merged into fp32 weights, then the blocks'
-    weights in int8 or NF4 if quantize asks. A QLoRA model stays as it trained (4-bit base plus its
-    adapters): merging would mean quantizing the merged weights again."""
+    """The model to evaluate and sample: LoRA merged into its weights, then int8 or NF4 if quantize asks. A
+    QLoRA model stays as it trained (4-bit base plus adapters): merging would mean quantizing it again."""
     if state.lora and not state.lora['quantize']:
+        from lora import merge_lora
         merge_lora(model)
     if quantize and not (state.lora and state.lora['quantize']):
-        fp32 = weight_bytes(model)
-        quantize_model(model, quantize)
-        print(f"quantized the blocks' Linear weights to {quantize}: {fp32 / 2**20:.2f} MiB -> "
-              f"{weight_bytes(model) / 2**20:.2f} MiB ({fp32 / weight_bytes(model):.1f}x smaller)")
+        from quant import quantize_model
+        print(quantize_model(model, quantize))  # how much smaller the weights became
     return model.eval()
 
 
 @torch.no_grad()
-def exact_match(model, split, tok, end, tasks, device, ctx):
-    """Answer every held-out pair greedily and compare with its response, exactly: the share right per task."""
-    ids, mask, bounds = np.asarray(split.ids), np.asarray(split.mask), [*split.starts, len(split)]
-    pairs = []  # (prompt ids, the response's length in tokens, the response's text)
-    for s, e in zip(bounds, bounds[1:]):
-        r = s + int(np.argmax(mask[s:e]))  # the response's first token
-        pairs.append((ids[s:r].tolist(), e - r, tok.decode(ids[r:e].tolist()).removesuffix(end)))
-    right = [False] * len(pairs)
-    by_length = {}  # prompts of one length sample as one batch
-    for i, (p, _, _) in enumerate(pairs):
-        by_length.setdefault(len(p), []).append(i)
-    for group in by_length.values():
-        for b in range(0, len(group), 256):
-            chunk = group[b:b + 256]
-            idx = torch.tensor([pairs[i][0] for i in chunk], dtype=torch.long, device=device)
-            with ctx:
-                out = model.generate(idx, max(pairs[i][1] for i in chunk) + 1, temperature=0,
-                                     done=lambda new: end in tok.decode(new))
-            for i, row in zip(chunk, out[:, idx.size(1):].tolist()):
-                text = tok.decode(row)
-                right[i] = end in text and text[:text.index(end)] == pairs[i][2]
-    score = {}
-    if tasks and len(tasks) == len(pairs):  # per task, for the tasks demo
-        for task in dict.fromkeys(tasks):
-            score[task] = 100 * np.mean([r for r, t in zip(right, tasks) if t == task])
-    return {**score, 'all': 100 * np.mean(right)}
+def full_val_loss(model, split, block_size, device, batch_size=64, ctx=nullcontext(), token_bytes=None):
+    """Loss over the whole split, and bits per byte if token_bytes (each id's UTF-8 length) is given.
+    Plain text: consecutive windows, so every token but the first is predicted once. Instruction pairs:
+    one window for each pair, scoring that pair's response tokens."""
+    model.eval()
+    n = len(split)
+    if split.mask is None:
+        starts = np.arange(0, n - 1, block_size)
+        last = np.minimum(starts + block_size, n - 1)  # the last target of each window
+    else:
+        starts, last = split.pair_windows(block_size)
+    nats, count, nbytes = 0.0, 0, 0
+    for b in range(0, len(starts), batch_size):
+        s, e = starts[b:b + batch_size, None], last[b:b + batch_size, None]
+        pos = np.minimum(s + np.arange(block_size + 1), n - 1)  # windows past the end repeat the last id
+        ids = torch.from_numpy(split.ids[pos].astype(np.int64))
+        scored = torch.from_numpy(s + 1 + np.arange(block_size) <= e)  # (B, T): targets inside the window
+        if split.mask is not None:
+            scored &= torch.from_numpy(split.mask[pos[:, 1:]] == 1)
+        if not scored.any():
+            continue
+        y = ids[:, 1:].masked_fill(~scored, -1)
+        with ctx:
+            loss = model(ids[:, :-1].to(device), y.to(device))[1]
+        nats += loss.item() * scored.sum().item()
+        count += scored.sum().item()
+        if token_bytes is not None:
+            nbytes += token_bytes[y[scored]].sum().item()
+    model.train()
+    return nats / max(count, 1), (nats / math.log(2) / nbytes if nbytes else None), count
 
 
 def evaluate(run, model, data, state):
@@ -1077,7 +891,9 @@ def evaluate(run, model, data, state):
     what = 'predictions' if data.val.mask is None else 'response tokens'
     print(f"whole-split val loss {loss:.4f} ({count:,} {what}), val bpb {bpb:.4f}")
     if data.val.mask is not None:
-        score = exact_match(model, data.val, data.tok, state.template['end'], data.meta.get('val_tasks'), run.dev, run.ctx)
+        from instruct import exact_match
+        score = exact_match(model, data.val, data.tok, state.template['end'], data.meta.get('val_tasks'), run.dev,
+                            run.ctx)
         print('exact match: ' + ', '.join(f"{task} {pct:.1f}%" for task, pct in score.items()))
     return loss, bpb
 
@@ -1112,6 +928,7 @@ def main():
         trained = train(run, model, optimizers, data, state)
     elif init_from not in ('scratch', 'resume') and run.master:  # max_iters=0 from a checkpoint: write it out
         if state.lora:  # ... as an ordinary checkpoint, with a LoRA update merged in
+            from lora import merge_lora
             merge_lora(model)
             state.lora = None
         save(run, model, [], state)

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import gpt
+import lora
+import quant
 from conftest import TINY, copy_project, one_line_error, run, val_lines
 
 NEW_TEXT = "all: speak, speak. you are all resolved rather to die than to famish?\n" * 60  # lowercase, same chars
@@ -20,7 +22,7 @@ def test_lora_starts_as_the_base_and_trains_only_a_and_b():
     m = base_model()
     idx = torch.randint(65, (3, 32))
     before = m(idx, idx)[0].detach()
-    gpt.add_lora(m, rank=4, alpha=8.0)
+    lora.add_lora(m, rank=4, alpha=8.0)
     assert torch.equal(m(idx, idx)[0], before)  # B = 0: step 0 is exactly the base
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
     assert trainable and all(n.endswith(('lora_A', 'lora_B')) for n in trainable)
@@ -38,15 +40,15 @@ def test_lora_starts_as_the_base_and_trains_only_a_and_b():
 def test_merged_equals_unmerged(quantize):
     m = base_model().eval()
     if quantize:
-        gpt.quantize_model(m, quantize)
-    gpt.add_lora(m, rank=4, alpha=8.0)
+        quant.quantize_model(m, quantize)
+    lora.add_lora(m, rank=4, alpha=8.0)
     for name, p in m.named_parameters():
         if name.endswith('lora_B'):
             p.data.normal_(0, 0.05)  # as if trained
     idx = torch.randint(65, (2, 32))
     unmerged = m(idx, idx)[0].detach()
-    gpt.merge_lora(m)
-    assert not any(isinstance(x, gpt.LoRALinear) for x in m.modules())
+    lora.merge_lora(m)
+    assert not any(isinstance(x, lora.LoRALinear) for x in m.modules())
     assert torch.allclose(m(idx, idx)[0], unmerged, atol=1e-5)
 
 

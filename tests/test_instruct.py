@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import gpt
+import instruct
 from conftest import SHAKESPEARE, TINY, one_line_error, run, val_lines
 
 WORDS = ['speak', 'famish', 'citizen', 'proceed', 'further', 'resolved', 'rather', 'than', 'hear', 'all']
@@ -22,7 +23,7 @@ def test_loss_counts_only_response_targets():
     torch.manual_seed(0)
     ids = np.random.default_rng(0).integers(0, 11, size=60).astype(np.uint16)
     mask = np.tile(np.array([0] * 4 + [1] * 6, dtype=np.uint8), 6)  # pairs: 4 prompt tokens, 6 response tokens
-    split = gpt.Split(ids, mask)
+    split = instruct.PairSplit(ids, mask)
     assert split.starts.tolist() == list(range(0, 60, 10))
     model = gpt.GPT(11, 16, 1, 1, 16)
     ix = torch.tensor([0, 10, 20])
@@ -30,10 +31,10 @@ def test_loss_counts_only_response_targets():
     loss = model(x, y)[1]
     changed = ids.copy()
     changed[[1, 2, 3, 11, 12]] = (changed[[1, 2, 3, 11, 12]] + 1) % 11  # targets at masked-out positions
-    _, y2 = gpt.get_batch(gpt.Split(changed, mask), ix, 16, 'cpu')
+    _, y2 = gpt.get_batch(instruct.PairSplit(changed, mask), ix, 16, 'cpu')
     assert torch.equal(model(x, y2)[1], loss)
     changed[5] = (changed[5] + 1) % 11  # a response target does count
-    _, y3 = gpt.get_batch(gpt.Split(changed, mask), ix, 16, 'cpu')
+    _, y3 = gpt.get_batch(instruct.PairSplit(changed, mask), ix, 16, 'cpu')
     assert model(x, y3)[1] != loss
     logits = model(x)[0] if False else model(x, y)[0]
     keep = y != -1

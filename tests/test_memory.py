@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 import gpt
+import quant
 from conftest import TINY, one_line_error, run, val_lines
 
 # QLoRA's NF4 table as published (bitsandbytes' values)
@@ -21,7 +22,7 @@ def model(seed=0, dropout=0.0):
 
 
 def test_nf4_code_matches_its_definition():
-    code = gpt.nf4_code()
+    code = quant.nf4_code()
     assert code.shape == (16,) and torch.equal(code, code.sort().values)
     assert code[0] == -1 and code[-1] == 1 and (code == 0).sum() == 1  # exact ends, an exact zero
     assert torch.allclose(code, torch.tensor(NF4), atol=1e-6)
@@ -33,7 +34,7 @@ def test_nf4_code_matches_its_definition():
 def test_int8_round_trip_error_is_at_most_half_a_step():
     torch.manual_seed(0)
     linear = nn.Linear(96, 48, bias=False)
-    q = gpt.Int8Linear(linear)
+    q = quant.Int8Linear(linear)
     err = (q.dequantize() - linear.weight).abs()
     assert q.qweight.dtype == torch.int8 and q.qweight.abs().max() == 127
     assert (err <= q.scale[:, None] / 2 + 1e-7).all()  # per row: half of absmax / 127
@@ -43,7 +44,7 @@ def test_nf4_packs_two_codes_a_byte_and_beats_uniform_4_bit():
     torch.manual_seed(0)
     linear = nn.Linear(256, 128, bias=False)
     nn.init.normal_(linear.weight)
-    q = gpt.NF4Linear(linear)
+    q = quant.NF4Linear(linear)
     assert q.packed.dtype == torch.uint8 and q.packed.numel() == linear.weight.numel() // 2
     nf4_err = (q.dequantize() - linear.weight).pow(2).mean()
     # a plain absmax 4-bit quantizer with the same blocks of 64: 15 evenly spaced levels in [-1, 1]
@@ -63,17 +64,17 @@ def test_quantized_logits_are_close_to_fp32(kind, bound):
     idx = torch.randint(65, (4, 32))
     with torch.no_grad():
         ref = m(idx, idx)[0]
-        fp32 = gpt.weight_bytes(m)
-        gpt.quantize_model(m, kind)
+        fp32 = quant.weight_bytes(m)
+        quant.quantize_model(m, kind)
         logits = m(idx, idx)[0]
     assert (logits - ref).norm() / ref.norm() < bound
-    assert fp32 / gpt.weight_bytes(m) > {'int8': 3.7, 'nf4': 7.0}[kind]  # scales cost a little
+    assert fp32 / quant.weight_bytes(m) > {'int8': 3.7, 'nf4': 7.0}[kind]  # scales cost a little
 
 
 @pytest.mark.parametrize('kind', ['int8', 'nf4'])
 def test_cached_equals_uncached_under_quantization(kind):
     m = model().eval()
-    gpt.quantize_model(m, kind)
+    quant.quantize_model(m, kind)
     prompt = torch.randint(65, (3, 5))
     a, b = (m.generate(prompt, 25, 1.0, kv_cache=c, generator=torch.Generator().manual_seed(1)) for c in (True, False))
     assert torch.equal(a, b)

@@ -1,0 +1,67 @@
+"""
+Instruction pairs for gpt.py: a dataset that prepare.py --format=pairs (or --format=tasks) made, where
+each pair is rendered as prompt + sep + response + end, and a loss mask is 1 on the response and its end.
+
+PairSplit stands in for gpt.py's Split: the same ids, plus the mask, and windows that start at a pair.
+get_batch and full_val_loss in gpt.py turn masked targets into -1, which the loss ignores: only the
+responses are learned and scored. exact_match is the measure that says whether the model does what a
+prompt asks. gpt.py imports this only when a dataset has pairs. It never imports gpt.
+"""
+import numpy as np
+import torch
+
+
+class PairSplit:
+    """One split's token ids and loss mask (both memory-mapped): mask[j] is 1 where token j is part of a
+    response (or its end marker), so only those tokens are ever predicted and scored."""
+
+    def __init__(self, ids, mask):
+        self.ids, self.mask = ids, mask
+        m = np.asarray(mask)  # a pair starts where a response ended (mask 1 -> 0), and at 0
+        self.starts = np.concatenate([[0], np.flatnonzero((m[:-1] == 1) & (m[1:] == 0)) + 1])
+
+    def __len__(self):
+        return len(self.ids)
+
+    def pair_windows(self, block_size):
+        """For each pair, where its window starts and the position of its last token. A window starts at the
+        pair's start, so it begins with the prompt; a pair longer than a window starts later, so that the
+        window still ends with the whole response."""
+        last = np.append(self.starts[1:], len(self.ids)) - 1
+        return np.maximum(self.starts, last - block_size), last
+
+    def random_starts(self, shape, block_size, generator):
+        """Where training and eval windows start: at a pair's window, so that every window holds response
+        tokens to learn from."""
+        starts = self.pair_windows(block_size)[0]
+        starts = torch.from_numpy(starts[starts + block_size < len(self.ids)])
+        return starts[torch.randint(len(starts), shape, generator=generator)]
+
+
+@torch.no_grad()
+def exact_match(model, split, tok, end, tasks, device, ctx):
+    """Answer every held-out pair greedily and compare with its response, exactly: the share right per task."""
+    ids, mask, bounds = np.asarray(split.ids), np.asarray(split.mask), [*split.starts, len(split)]
+    pairs = []  # (prompt ids, the response's length in tokens, the response's text)
+    for s, e in zip(bounds, bounds[1:]):
+        r = s + int(np.argmax(mask[s:e]))  # the response's first token
+        pairs.append((ids[s:r].tolist(), e - r, tok.decode(ids[r:e].tolist()).removesuffix(end)))
+    right = [False] * len(pairs)
+    by_length = {}  # prompts of one length sample as one batch
+    for i, (p, _, _) in enumerate(pairs):
+        by_length.setdefault(len(p), []).append(i)
+    for group in by_length.values():
+        for b in range(0, len(group), 256):
+            chunk = group[b:b + 256]
+            idx = torch.tensor([pairs[i][0] for i in chunk], dtype=torch.long, device=device)
+            with ctx:
+                out = model.generate(idx, max(pairs[i][1] for i in chunk) + 1, temperature=0,
+                                     done=lambda new: end in tok.decode(new))
+            for i, row in zip(chunk, out[:, idx.size(1):].tolist()):
+                text = tok.decode(row)
+                right[i] = end in text and text[:text.index(end)] == pairs[i][2]
+    score = {}
+    if tasks and len(tasks) == len(pairs):  # per task, for the tasks demo
+        for task in dict.fromkeys(tasks):
+            score[task] = 100 * np.mean([r for r, t in zip(right, tasks) if t == task])
+    return {**score, 'all': 100 * np.mean(right)}

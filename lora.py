@@ -1,0 +1,85 @@
+"""
+LoRA for gpt.py's --lora_rank: a frozen Linear plus a trainable low-rank update, in minLoRA's shape.
+
+add_lora wraps the Linears in the blocks from outside (the model's code does not change), merge_lora
+folds the updates back into plain Linears. A LoRA checkpoint holds only the adapters, with the path and
+sha256 of the base checkpoint they were trained on. gpt.py imports this only when a run has LoRA.
+It never imports gpt.
+"""
+import hashlib
+import math
+import os
+
+import torch
+import torch.nn as nn
+
+from quant import swap_linears
+
+
+class LoRALinear(nn.Module):
+    """A frozen layer plus a trainable low-rank update: y = base(x) + (alpha / rank) * x A^T B^T.
+    A (rank, in) starts random and B (out, rank) at zero, so at step 0 the model is exactly the base."""
+
+    def __init__(self, base, rank, alpha):
+        super().__init__()
+        self.base = base.requires_grad_(False)  # an nn.Linear, or its int8/NF4 version (QLoRA)
+        self.lora_A = nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
+        self.scale = alpha / rank
+
+    def forward(self, x):
+        return self.base(x) + (x @ self.lora_A.T @ self.lora_B.T) * self.scale
+
+    def merged(self):
+        """An ordinary Linear with the update folded into its weight: sampling pays nothing extra."""
+        w = self.base.weight if isinstance(self.base, nn.Linear) else self.base.dequantize()
+        linear = nn.Linear(self.base.in_features, self.base.out_features, bias=False, device=w.device)
+        linear.weight.data = (w + self.scale * self.lora_B @ self.lora_A).detach()
+        return linear
+
+
+def add_lora(model, rank, alpha):
+    """Freeze the whole model, then wrap each Linear in the blocks with a trainable LoRA update."""
+    model.requires_grad_(False)
+    swap_linears(model, lambda layer: LoRALinear(layer, rank, alpha))
+
+
+def merge_lora(model):
+    """Fold every LoRA update into its weight (on a quantized base too: the merged weight is fp32)."""
+    swap_linears(model, lambda layer: layer.merged() if isinstance(layer, LoRALinear) else layer)
+
+
+def sha256(path):
+    """The fingerprint of a LoRA run's base checkpoint: the adapters fit that file only."""
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def base_problem(base):
+    """Why a LoRA checkpoint's base ({'path', 'sha256'}) can't be used, or '' when it is the very file."""
+    if not os.path.isfile(base['path']):
+        return "is missing; put it back"
+    if sha256(base['path']) != base['sha256']:
+        return "has changed since (sha256 differs)"
+    return ''
+
+
+def adapt(model, settings, adapters=None):
+    """The model as a LoRA run trains it: frozen (its base in 4 or 8 bits for QLoRA), each Linear in the
+    blocks wrapped with an update, and the saved adapters loaded if there are any."""
+    if settings['quantize']:
+        from quant import quantize_model
+        quantize_model(model, settings['quantize'])
+    add_lora(model, settings['rank'], settings['alpha'])
+    if adapters is not None:
+        model.load_state_dict(adapters, strict=False)
+    return model
+
+
+def summary(model, settings):
+    """The line that says how much of the model a LoRA run trains."""
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    base = f" on a {settings['quantize']} base" if settings['quantize'] else ''
+    return f"LoRA rank {settings['rank']}{base}: training {n_train:,} of {n_all:,} parameters " \
+           f"({100 * n_train / n_all:.2f}%)"

@@ -1,0 +1,37 @@
+"""
+Muon for gpt.py's optimizer='muon' (the default): momentum, then each update of a weight matrix is
+orthogonalized, so that every direction of the matrix moves at the same rate. It trains the blocks'
+matrices; AdamW trains the embeddings, the head and the gains. gpt.py imports this only when the
+optimizer asks for it (the lecture's optimizer='adamw' never does).
+"""
+import torch
+
+
+def newton_schulz(G, steps=5):
+    """The nearest semi-orthogonal matrix to G, approximately: all singular values pushed towards 1."""
+    a, b, c = 3.4445, -4.7750, 2.0315  # a quintic iteration tuned to converge fast (Keller Jordan's Muon)
+    X = G / (G.norm() + 1e-7)  # singular values now <= 1
+    if G.size(0) > G.size(1):
+        X = X.T  # iterate on the wide side: X @ X.T is the smaller product
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.T if G.size(0) > G.size(1) else X
+
+
+class Muon(torch.optim.Optimizer):
+    """Momentum, then orthogonalize the update: every direction of a weight matrix moves at the same rate."""
+
+    def __init__(self, params, lr=0.02, momentum=0.95):
+        super().__init__(params, dict(lr=lr, momentum=momentum))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group['params']:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault('momentum_buffer', torch.zeros_like(p))
+                buf.lerp_(p.grad, 1 - group['momentum'])
+                update = newton_schulz(p.grad.lerp(buf, group['momentum']))  # Nesterov momentum
+                p.add_(update.to(p.dtype), alpha=-group['lr'] * max(1.0, p.size(0) / p.size(1)) ** 0.5)
