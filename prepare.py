@@ -29,7 +29,7 @@ dataset = ''  # output folder data/<dataset>/; empty means shakespeare_char, sha
 tokenizer = 'char'  # 'char' (one token per character) or 'bpe' (byte-level BPE trained on the train split)
 vocab_size = 1024  # bpe only: the 256 bytes plus vocab_size - 256 merges
 tokenizer_from = ''  # a prepared dataset whose tokenizer encodes this text (to fine-tune a model trained on it)
-format = 'text'  # 'text'; 'pairs': JSONL lines {"prompt": ..., "response": ...}; 'tasks': pairs made from the text's lines
+format = 'text'  # 'text'; 'pairs': JSONL lines {"prompt": ..., "response": ...}; 'tasks': pairs from the text's lines
 url = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 sha256 = '86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed'  # of `url`; '' skips the check
 timeout = 30.0  # seconds to wait for the server
@@ -171,75 +171,105 @@ def check_knobs():
         die("--tokenizer_from makes a new dataset: name it with --dataset=NAME")
 
 
-def main():
-    check_knobs()
+def folder_for(tok):
+    """data/<dataset>/: a plain folder name, and never one that holds another kind of data (the user's data
+    is not swapped behind their back)."""
     name = dataset or {'tasks': 'shakespeare_tasks'}.get(format, f'shakespeare_{tokenizer}')
     if os.sep in name or name in ('.', '..'):
         die(f"--dataset must be a plain folder name, not '{name}'")
     out = os.path.join(ROOT, 'data', name)
-    tok = load_tokenizer(tokenizer_from) if tokenizer_from else None
-    old = os.path.join(out, 'meta.json')
-    if os.path.exists(old):  # never swap what kind of data a folder holds behind the user's back
-        with open(old, encoding='utf-8') as f:
+    if os.path.exists(os.path.join(out, 'meta.json')):
+        with open(os.path.join(out, 'meta.json'), encoding='utf-8') as f:
             before = json.load(f)
         was = (before.get('tokenizer', {}).get('type', 'char'), before.get('format', 'text'))
         now = (tok.describe()['type'] if tok else tokenizer, format)
         if was != now:
             die(f"data/{name} holds a {was[0]} {was[1]} dataset; give another --dataset, or delete data/{name} first")
-    path = input
-    if not path:
-        path = os.path.join(out, 'input.txt')
-        download(url, path, sha256, timeout)
-    text = read_text(path)
+    return out
+
+
+def split_90_10(text, path):
+    """The train and val parts: the text cut at 90% (the val text is then the same whatever the tokenizer),
+    or the pairs cut by pair (by line for tasks: every task of a line on one side). Pairs also come back
+    rendered as text, with the tasks of the val pairs."""
     if format == 'text':
-        n = int(0.9 * len(text))  # cut the text, so the val text is the same whatever the tokenizer
+        n = int(0.9 * len(text))
         if n == 0 or n == len(text):
             die(f"input file '{path}' has {len(text)} characters; too short to split 90/10")
-        parts, tasks = (text[:n], text[n:]), None
-    else:
-        pairs = read_pairs(text, path) if format == 'pairs' else make_tasks(text)
-        n = int(0.9 * len(pairs))  # by pair, never inside one (by line, for tasks: every task of a line on one side)
-        n -= n % len(TASKS) if format == 'tasks' else 0
-        if n == 0 or n == len(pairs):
-            die(f"input file '{path}' has {len(pairs)} pairs; too few to split 90/10")
-        parts, tasks = (pairs[:n], pairs[n:]), [t for *_, t in pairs[n:]] if format == 'tasks' else None
-        rendered = [p + SEP + r + END for p, r, *_ in pairs]
-    if tok is None:
-        corpus = text if format == 'text' else ''.join(rendered)
-        tok = CharTokenizer.train(corpus) if tokenizer == 'char' else \
-            BPETokenizer.train(corpus[:int(0.9 * len(corpus))] if format == 'text' else ''.join(rendered[:n]), vocab_size)
-    missing = tok.unknown(text if format == 'text' else ''.join(rendered))
+        return (text[:n], text[n:]), None, None
+    pairs = read_pairs(text, path) if format == 'pairs' else make_tasks(text)
+    n = int(0.9 * len(pairs))
+    n -= n % len(TASKS) if format == 'tasks' else 0
+    if n == 0 or n == len(pairs):
+        die(f"input file '{path}' has {len(pairs)} pairs; too few to split 90/10")
+    tasks = [t for *_, t in pairs[n:]] if format == 'tasks' else None
+    return (pairs[:n], pairs[n:]), [p + SEP + r + END for p, r, *_ in pairs], tasks
+
+
+def make_tokenizer(tok, parts, rendered):
+    """The tokenizer of --tokenizer_from, or a new one (char: every character of the text; bpe: trained on the
+    train part). Text that it can't encode is refused."""
+    text = ''.join(parts) if rendered is None else ''.join(rendered)
+    if tok is None and tokenizer == 'char':
+        tok = CharTokenizer.train(text)
+    elif tok is None:
+        tok = BPETokenizer.train(parts[0] if rendered is None else ''.join(rendered[:len(parts[0])]), vocab_size)
+    missing = tok.unknown(text)
     if missing:
         die(f"the text has characters that the tokenizer of '{tokenizer_from}' lacks: {missing[:30]}"
             f"{f' and {len(missing) - 30} more' if len(missing) > 30 else ''}; use a bpe dataset's tokenizer, "
             f"or prepare a new char dataset without --tokenizer_from")
     if tok.vocab_size > 65536:
         die(f"the text has {tok.vocab_size} distinct characters; uint16 ids hold at most 65536")
+    return tok
+
+
+def encode(tok, parts, rendered, tasks):
+    """The dataset's files as bytes: token ids (uint16; for pairs also uint8 loss masks and the pairs as
+    JSONL), then meta.json."""
     files = {}
     for split, part in zip(('train', 'val'), parts):
-        if format == 'text':
-            files[f'{split}.bin'] = np.array(tok.encode(part), dtype=np.uint16)
+        if rendered is None:
+            files[f'{split}.bin'] = np.array(tok.encode(part), dtype=np.uint16).tobytes()
         else:
             ids, mask = encode_pairs(tok, [pair[:2] for pair in part])
-            files[f'{split}.bin'], files[f'{split}_mask.bin'] = np.array(ids, np.uint16), np.array(mask, np.uint8)
-    val_text = parts[1] if format == 'text' else ''.join(rendered[n:])
+            files[f'{split}.bin'] = np.array(ids, np.uint16).tobytes()
+            files[f'{split}_mask.bin'] = np.array(mask, np.uint8).tobytes()
+    val_text = parts[1] if rendered is None else ''.join(rendered[len(parts[0]):])
     meta = {'tokenizer': tok.describe(), 'vocab_size': tok.vocab_size, 'format': format,
             'val_bytes': len(val_text.encode('utf-8'))}
-    if format != 'text':
+    if rendered is not None:
         meta.update(sep=SEP, end=END, val_tasks=tasks)
-        files['pairs.jsonl'] = ''.join(json.dumps({'prompt': p, 'response': r}) + '\n' for p, r, *_ in pairs).encode()
-    write_atomic({**{os.path.join(out, fname): content if isinstance(content, bytes) else content.tobytes()
-                     for fname, content in files.items()},
-                  old: json.dumps(meta).encode()})  # last: a dataset with meta.json is complete
-    if format == 'text':
+        files['pairs.jsonl'] = ''.join(json.dumps({'prompt': p, 'response': r}) + '\n'
+                                       for p, r, *_ in parts[0] + parts[1]).encode()
+    files['meta.json'] = json.dumps(meta).encode()  # written last: a dataset with meta.json is complete
+    return files, meta
+
+
+def main():
+    check_knobs()
+    tok = load_tokenizer(tokenizer_from) if tokenizer_from else None
+    out = folder_for(tok)
+    path = input or os.path.join(out, 'input.txt')
+    if not input:
+        download(url, path, sha256, timeout)
+    text = read_text(path)
+    parts, rendered, tasks = split_90_10(text, path)
+    tok = make_tokenizer(tok, parts, rendered)
+    files, meta = encode(tok, parts, rendered, tasks)
+    write_atomic({os.path.join(out, fname): content for fname, content in files.items()})
+    if rendered is None:
         print(f"length of dataset in characters: {len(text):,}")
     else:
-        print(f"{len(pairs):,} pairs: {n:,} train, {len(pairs) - n:,} val" + (f" (tasks: {', '.join(TASKS)})" if tasks else ''))
+        n_pairs = len(parts[0]) + len(parts[1])
+        print(f"{n_pairs:,} pairs: {len(parts[0]):,} train, {len(parts[1]):,} val"
+              + (f" (tasks: {', '.join(TASKS)})" if tasks else ''))
     print(f"tokenizer: {tok.describe()['type']}" + (f" from {tokenizer_from}" if tokenizer_from else ''))
     print(f"vocab size: {tok.vocab_size:,}")
-    n_train, n_val = len(files['train.bin']), len(files['val.bin'])
-    print(f"train has {n_train:,} tokens, val has {n_val:,} tokens ({meta['val_bytes'] / n_val:.2f} bytes per val token)")
-    print(f"wrote {out}/{', '.join(files)}, meta.json")
+    n_train, n_val = len(files['train.bin']) // 2, len(files['val.bin']) // 2
+    print(f"train has {n_train:,} tokens, val has {n_val:,} tokens "
+          f"({meta['val_bytes'] / n_val:.2f} bytes per val token)")
+    print(f"wrote {out}/{', '.join(files)}")
 
 
 if __name__ == '__main__':

@@ -23,7 +23,7 @@ def test_loss_goes_down():
     data = bigram.Split(np.tile(np.arange(10, dtype=np.uint16), 100))  # 0 1 2 ... 9 0 1 ...: perfectly predictable
     model = bigram.BigramLanguageModel(10)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
-    ix = torch.randint(len(data) - 8, (16,))
+    ix = torch.randint(len(data.ids) - 8, (16,))
     first = model(*bigram.get_batch(data, ix, 8, 'cpu'))[1].item()
     for _ in range(100):
         loss = model(*bigram.get_batch(data, ix, 8, 'cpu'))[1]
@@ -78,6 +78,10 @@ def test_refusals(proj):
     assert 'not a loadable checkpoint' in one_line_error(run(proj, 'bigram.py', '--init_from=resume'))
     torch.save({'model_type': 'something else'}, proj / 'out-bigram' / 'ckpt.pt')
     assert 'not a bigram checkpoint' in one_line_error(run(proj, 'bigram.py', '--init_from=resume'))
+    # instruction pairs: a bigram has no prompt to follow
+    (proj / 'p.jsonl').write_text(''.join('{"prompt": "say %s", "response": "%s"}\n' % (w, w) for w in 'abcdefghij' * 3))
+    assert run(proj, 'prepare.py', '--input=p.jsonl', '--format=pairs', '--dataset=sft').returncode == 0
+    assert 'holds instruction pairs' in one_line_error(run(proj, 'bigram.py', '--dataset=sft'))
 
 
 def test_vocabulary_mismatch_is_refused(proj, tmp_path):

@@ -141,3 +141,15 @@ def test_data_that_does_not_match_its_meta_json(proj):
     for script in ('gpt.py', 'bigram.py'):
         r = run(proj, script, '--max_iters=5')
         assert 'train.bin does not match its meta.json' in one_line_error(r) and 'step 0' not in r.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_sampling_after_training_exits_130(proj):
+    # train() puts back the handlers it replaced, so Ctrl-C while sampling ends the run quietly
+    proc = start(proj, *TINY, '--max_iters=10', '--max_new_tokens=1000000', '--kv_cache=false')
+    wait_for(proc, r'^whole-split val loss')
+    time.sleep(0.5)  # well into sampling
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and 'Traceback' not in err, err
+    assert torch.load(proj / 'out' / 'ckpt.pt', weights_only=True)['iter_num'] == 10
