@@ -9,6 +9,7 @@ sampling, the optimizer, checkpoints, and the steps of a run (main() at the bott
 The next steps are one knob each, and the README shows their commands: BPE tokens (prepare.py),
 gradient_checkpointing, quantize (quant.py), lora_rank (lora.py), instruction pairs and torchrun.
 """
+import inspect
 import json
 import math
 import os
@@ -52,6 +53,14 @@ rmsnorm = True  # RMSNorm instead of LayerNorm
 qk_norm = True  # normalize queries and keys before attention
 relu2 = False  # ReLU squared instead of GELU in the feed-forward network
 tie_weights = True  # the output head shares the token embedding matrix
+# the lecture's parts, each one switch (config/lecture/ builds its steps with them)
+bias = False  # biases in the Linears and the head, as in the lecture (nanoGPT's knob)
+relu = False  # ReLU instead of GELU in the feed-forward network, as in the lecture
+ffn = True  # a feed-forward network in each block
+residual = True  # residual connections, x + f(x); False: x = f(x)
+norm = True  # the norms before attention, before the feed-forward network and before the head
+pos = True  # position information (the learned table, or rope); False: none
+weight_init = 'nanogpt'  # 'nanogpt': N(0, 0.02), projections scaled down by depth; 'pytorch': each layer's own
 # training
 optimizer = 'muon'  # 'muon': Muon for the blocks' matrices, AdamW for the rest; or 'adamw' for all
 muon_lr = 0.02  # Muon's peak rate (scaled by the same schedule)
@@ -94,14 +103,14 @@ def die(msg):
 
 
 def pick_device(name):
+    there = {'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available(), 'cpu': True}
     if name == 'auto':
-        return 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-    if name.startswith('cuda') and not torch.cuda.is_available():
-        die(f"--device={name}, but CUDA is not available to torch {torch.__version__}; try --device=cpu")
-    if name == 'mps' and not torch.backends.mps.is_available():
-        die("--device=mps, but MPS is not available on this machine; try --device=cpu")
-    if name.split(':')[0] not in ('cpu', 'cuda', 'mps'):
+        return next(d for d, ok in there.items() if ok)  # cuda, then mps, then cpu
+    if name.split(':')[0] not in there:
         die(f"unknown --device={name}; use auto, cpu, cuda, cuda:N or mps")
+    if not there[name.split(':')[0]]:
+        die(f"--device={name}, but {name.split(':')[0].upper()} is not available to torch {torch.__version__}; "
+            f"try --device=cpu")
     return name
 
 
@@ -113,9 +122,6 @@ class Split:
 
     def __init__(self, ids):
         self.ids = ids
-
-    def __len__(self):
-        return len(self.ids)
 
     def random_starts(self, shape, block_size, generator):
         """Where training and eval windows start: anywhere in the text."""
@@ -146,7 +152,7 @@ def load_data(dataset):
         die(f"{folder}/meta.json has a malformed tokenizer ({e}); rerun prepare.py for this dataset")
     for name, split in splits.items():  # files from another preparation than meta.json's
         top = int(np.max(split.ids, initial=0))
-        if top >= tok.vocab_size or (split.mask is not None and len(split.mask) != len(split)):
+        if top >= tok.vocab_size or (split.mask is not None and len(split.mask) != len(split.ids)):
             die(f"{folder}/{name}.bin does not match its meta.json (ids up to {top} for {tok.vocab_size} tokens, "
                 f"or a mask of another length); rerun prepare.py for this dataset")
     val = splits['val']  # bytes per scored token (on pairs: a response's), to show losses as bits per byte
@@ -180,17 +186,16 @@ class MultiHeadAttention(nn.Module):
     """n_head heads of masked self-attention, computed as one matmul.
 
     The lecture's Head(head_size) has its own key, query and value Linears. Here one Linear, c_attn,
-    makes all of them: its output is [q | k | v], each n_embd wide, and head h owns the columns
-    h*hs:(h+1)*hs of each (hs = n_embd // n_head). So Head h's query is q[..., h*hs:(h+1)*hs], and so
-    on. view(B, T, nh, hs).transpose(1, 2) cuts those slices apart into a head dimension; the
-    transpose back and view(B, T, C) after attention is the lecture's torch.cat of the heads' outputs,
+    makes all of them: its output is [q | k | v], and head h owns the columns h*hs:(h+1)*hs of each
+    (hs = n_embd // n_head). view(B, T, nh, hs).transpose(1, 2) cuts those slices apart into a head
+    dimension; the transpose back and view(B, T, C) is the lecture's torch.cat of the heads' outputs,
     which c_proj (the lecture's proj) then mixes."""
 
-    def __init__(self, n_embd, n_head, dropout, qk_norm=False):
+    def __init__(self, n_embd, n_head, dropout, qk_norm=False, bias=False):
         super().__init__()
         self.n_head = n_head
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=False)  # query, key and value for all heads at once
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=False)
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # query, key and value for all heads at once
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
         self.qk_norm = qk_norm  # normalize each query and key: keeps attention logits in range at high lr
@@ -216,6 +221,7 @@ class MultiHeadAttention(nn.Module):
             att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, T, L)
             causal = torch.ones(T, L, dtype=torch.bool, device=x.device).tril(L - T)  # query t sees keys <= t
             att = F.softmax(att.masked_fill(~causal, float('-inf')), dim=-1)
+            self.att = att.detach()  # what each query looks at: plot.py --attention draws it
             y = F.dropout(att, dropout_p, self.training) @ v  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: the lecture's torch.cat
         return self.resid_dropout(self.c_proj(y))
@@ -224,11 +230,11 @@ class MultiHeadAttention(nn.Module):
 class FeedForward(nn.Module):
     """Per position: Linear to 4x wider, a non-linearity, Linear back."""
 
-    def __init__(self, n_embd, dropout, relu2=False):
+    def __init__(self, n_embd, dropout, relu2=False, relu=False, bias=False):
         super().__init__()
-        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=False)
-        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=False)
-        self.act = (lambda h: F.relu(h).square()) if relu2 else F.gelu
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.act = (lambda h: F.relu(h).square()) if relu2 else F.relu if relu else F.gelu
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
@@ -236,49 +242,62 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attention(norm(x)), then x + feed-forward(norm(x))."""
+    """Pre-norm transformer block: x + attention(norm(x)), then x + feed-forward(norm(x)). The lecture's
+    earlier steps leave out the feed-forward network, the residual connections or the norms."""
 
-    def __init__(self, n_embd, n_head, dropout, rmsnorm=False, qk_norm=False, relu2=False):
+    def __init__(self, n_embd, n_head, dropout, rmsnorm=False, qk_norm=False, relu2=False, relu=False, bias=False,
+                 ffn=True, residual=True, norm=True):
         super().__init__()
-        Norm = nn.RMSNorm if rmsnorm else nn.LayerNorm
+        Norm = (nn.RMSNorm if rmsnorm else nn.LayerNorm) if norm else (lambda n: nn.Identity())
         self.ln_1 = Norm(n_embd)
-        self.attn = MultiHeadAttention(n_embd, n_head, dropout, qk_norm)
-        self.ln_2 = Norm(n_embd)
-        self.mlp = FeedForward(n_embd, dropout, relu2)
+        self.attn = MultiHeadAttention(n_embd, n_head, dropout, qk_norm, bias)
+        if ffn:
+            self.ln_2 = Norm(n_embd)
+            self.mlp = FeedForward(n_embd, dropout, relu2, relu, bias)
+        self.ffn, self.residual = ffn, residual
 
     def forward(self, x, rope=None, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), rope, cache, layer)
-        return x + self.mlp(self.ln_2(x))
+        y = self.attn(self.ln_1(x), rope, cache, layer)
+        x = x + y if self.residual else y
+        if self.ffn:
+            y = self.mlp(self.ln_2(x))
+            x = x + y if self.residual else y
+        return x
 
 
 class GPT(nn.Module):
-    """The classic GPT by default; each switch swaps one part for a newer one (see the README's ablation)."""
+    """The classic GPT by default: a newer switch swaps a part for a newer one; a lecture's switch leaves it out."""
 
-    def __init__(self, vocab_size, block_size, n_layer, n_head, n_embd, dropout=0.0,
-                 rope=False, rmsnorm=False, qk_norm=False, relu2=False, tie_weights=True):
+    def __init__(self, vocab_size, block_size, n_layer, n_head, n_embd, dropout=0.0, rope=False, rmsnorm=False,
+                 qk_norm=False, relu2=False, tie_weights=True, bias=False, relu=False, ffn=True, residual=True,
+                 norm=True, pos=True, weight_init='nanogpt'):
         super().__init__()
         self.block_size = block_size
         self.wte = nn.Embedding(vocab_size, n_embd)  # token embeddings
-        if rope:  # positions as rotations of queries and keys, not a table added to the input
+        if rope and pos:  # positions as rotations of queries and keys, not a table added to the input
             hs = n_embd // n_head
             angles = torch.outer(torch.arange(block_size), 10000.0 ** (-torch.arange(0, hs, 2) / hs))  # (T, hs/2)
             self.register_buffer('rope_cos', angles.cos(), persistent=False)
             self.register_buffer('rope_sin', angles.sin(), persistent=False)
-        else:
+        elif pos:
             self.wpe = nn.Embedding(block_size, n_embd)  # learned position embeddings
-        self.rope = rope
+        self.rope, self.pos = rope and pos, pos
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(n_embd, n_head, dropout, rmsnorm, qk_norm, relu2) for _ in range(n_layer))
-        self.ln_f = nn.RMSNorm(n_embd) if rmsnorm else nn.LayerNorm(n_embd)
-        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        parts = dict(rmsnorm=rmsnorm, qk_norm=qk_norm, relu2=relu2, relu=relu, bias=bias, ffn=ffn, residual=residual,
+                     norm=norm)
+        self.blocks = nn.ModuleList(Block(n_embd, n_head, dropout, **parts) for _ in range(n_layer))
+        self.ln_f = (nn.RMSNorm(n_embd) if rmsnorm else nn.LayerNorm(n_embd)) if norm else nn.Identity()
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=bias)
         if tie_weights:
             self.lm_head.weight = self.wte.weight  # one matrix reads and writes tokens
         self.gradient_checkpointing = False  # a way to run, not part of the architecture: set after building
-        # nanoGPT's init: N(0, 0.02), with the projections into the residual stream scaled down by depth
-        for name, p in self.named_parameters():
+        # nanoGPT's init (the lecture keeps PyTorch's: N(0, 1) embeddings, Linears uniform in +-1/sqrt(fan_in))
+        for name, p in self.named_parameters() if weight_init == 'nanogpt' else []:
             if p.dim() >= 2:
                 std = 0.02 / math.sqrt(2 * n_layer) if name.endswith('c_proj.weight') else 0.02
                 torch.nn.init.normal_(p, mean=0.0, std=std)
+            elif name.endswith('bias'):
+                torch.nn.init.zeros_(p)
 
     def forward(self, idx, targets=None, cache=None):
         B, T = idx.size()
@@ -287,7 +306,7 @@ class GPT(nn.Module):
         rope = None
         if self.rope:
             rope = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
-        else:
+        elif self.pos:
             x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
         x = self.drop(x)
         for layer, block in enumerate(self.blocks):
@@ -404,39 +423,31 @@ def load_checkpoint(path, model_type, tok=None):
         die(f"{path} is not a {model_type} checkpoint written by {model_type}.py")
     theirs = ckpt['tokenizer'] if 'tokenizer' in ckpt else {'type': 'char', 'chars': ckpt.get('chars')}  # older: chars
     if tok is not None and theirs != tok.describe():
-        name = lambda d: (f"{d.get('type')}, {len(d.get('chars') or d.get('merges') or [])} "
-                          f"{'chars' if d.get('type') == 'char' else 'merges'}")
+        name = lambda d: f"{d.get('type')}, {len(d.get('chars') or d.get('merges') or [])} chars or merges"
         die(f"{path} was trained on another vocabulary ({name(theirs)}) than dataset '{dataset}' "
             f"({name(tok.describe())}); encode your text with its tokenizer: python prepare.py --input=FILE "
             f"--dataset=NAME --tokenizer_from={ckpt.get('config', {}).get('dataset', 'ITS_DATASET')}")
     return ckpt
 
 
-def base_weights(path, ckpt, tok):
-    """The full weights of a LoRA checkpoint's base, once it is checked to be the very file it trained on."""
-    from lora import base_problem
-    base = ckpt['base']
-    problem = base_problem(base)
-    if problem:
-        die(f"{path} is a LoRA checkpoint on the base {base['path']}, which {problem}")
-    return full_weights(base['path'], load_checkpoint(base['path'], 'gpt', tok), tok)
-
-
-def full_weights(path, ckpt, tok):
-    """All of a checkpoint's weights. A LoRA checkpoint holds only its adapters: they are merged into its base."""
+def full_weights(path, ckpt, tok, merge=True):
+    """All of a checkpoint's weights. A LoRA checkpoint holds only its adapters: its base's weights come from
+    the base checkpoint, once checked to be the very file they trained on, with the adapters merged in
+    (merge=False: the base's alone, for a LoRA run to resume)."""
     if 'lora' not in ckpt:
         return ckpt['model']
-    from lora import adapt, merge_lora
-    model = GPT(**ckpt['model_args'])
-    model.load_state_dict(base_weights(path, ckpt, tok))
-    merge_lora(adapt(model, ckpt['lora'], ckpt['model']))
-    return model.state_dict()
+    from lora import base_problem, merged_weights
+    base, problem = ckpt['base'], base_problem(ckpt['base'])
+    if problem:
+        die(f"{path} is a LoRA checkpoint on the base {base['path']}, which {problem}")
+    weights = full_weights(base['path'], load_checkpoint(base['path'], 'gpt', tok), tok)
+    return merged_weights(GPT(**ckpt['model_args']), weights, ckpt) if merge else weights
 
 
 # ---------------------------------------------------------- the steps of a run
 def check_config(data):
     """One clear line for each setting that cannot work, before anything is built or written."""
-    n_train, n_val = len(data.train), len(data.val)
+    n_train, n_val = len(data.train.ids), len(data.val.ids)
     problems = [
         (init_from in ('scratch', 'resume') or os.path.isfile(os.path.join(ROOT, init_from)),
          f"init_from must be 'scratch', 'resume' or a checkpoint's path; there is no file '{init_from}'"),
@@ -461,6 +472,7 @@ def check_config(data):
         (str(compile).lower() in ('auto', 'true', 'false'), f"compile must be auto, true or false, not '{compile}'"),
         (optimizer in ('adamw', 'muon'), f"optimizer must be 'adamw' or 'muon', not '{optimizer}'"),
         (schedule in ('cosine', 'wsd'), f"schedule must be 'cosine' or 'wsd', not '{schedule}'"),
+        (weight_init in ('nanogpt', 'pytorch'), f"weight_init must be 'nanogpt' or 'pytorch', not '{weight_init}'"),
         (not rope or (n_embd // n_head) % 2 == 0, f"rope needs an even head size, not {n_embd // max(n_head, 1)}"),
         (quantize in ('', 'int8', 'nf4'), f"quantize must be '', 'int8' or 'nf4', not '{quantize}'"),
         (lora_rank >= 0, f"lora_rank must be >= 0 (0 is off), not {lora_rank}"),
@@ -480,8 +492,7 @@ def check_config(data):
 
 
 def setup_processes():
-    """One process, or one per GPU (or CPU worker) under torchrun, each with a slice of every batch; the
-    device, and the precision. What every later step shares about the processes lives here."""
+    """One process, or one per GPU (or CPU worker) under torchrun; the device and the precision: `run`."""
     ddp = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
     rank, local_rank = int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
     world_size = int(os.environ.get('WORLD_SIZE', 1))
@@ -514,9 +525,8 @@ def build_model(run, data):
                             ckpt_path=os.path.join(ROOT, out_dir, 'ckpt.pt'), config=knobs(globals()),
                             data_rng=torch.Generator().manual_seed(seed),  # the same on every process: the global batch
                             template={k: data.meta[k] for k in ('sep', 'end') if k in data.meta},
-                            model_args=dict(vocab_size=data.tok.vocab_size, block_size=block_size, n_layer=n_layer,
-                                            n_head=n_head, n_embd=n_embd, dropout=dropout, rope=rope, rmsnorm=rmsnorm,
-                                            qk_norm=qk_norm, relu2=relu2, tie_weights=tie_weights))
+                            model_args={'vocab_size': data.tok.vocab_size})
+    state.model_args |= {k: globals()[k] for k in inspect.signature(GPT).parameters if k != 'vocab_size'}  # knobs
     torch.manual_seed(seed + run.rank)  # dropout differs between processes; the batches come from data_rng
     weights = None
     if init_from == 'resume':
@@ -527,7 +537,7 @@ def build_model(run, data):
         if lora_rank and not state.lora:
             die(f"{state.ckpt_path} is not a LoRA run, so it cannot resume with lora_rank > 0; to add LoRA, "
                 f"fine-tune it: --init_from={os.path.join(out_dir, 'ckpt.pt')} --out_dir=ANOTHER")
-        weights = base_weights(state.ckpt_path, ckpt, data.tok) if state.lora else ckpt['model']
+        weights = full_weights(state.ckpt_path, ckpt, data.tok, merge=False)  # a LoRA run: its base
     elif init_from != 'scratch':
         path = os.path.join(ROOT, init_from)  # relative paths start at this file's folder, like out_dir
         if not eval_only and os.path.isfile(state.ckpt_path) and os.path.samefile(path, state.ckpt_path):
@@ -552,9 +562,9 @@ def build_model(run, data):
         run.log(summary(model, state.lora))
     model.gradient_checkpointing = gradient_checkpointing
     T = state.model_args['block_size']
-    if T >= min(len(data.train), len(data.val)):
+    if T >= min(len(data.train.ids), len(data.val.ids)):
         die(f"the model's block_size ({T}) must be shorter than both splits "
-            f"({len(data.train):,} and {len(data.val):,} tokens)")
+            f"({len(data.train.ids):,} and {len(data.val.ids):,} tokens)")
     return model.to(run.dev), state
 
 
@@ -598,22 +608,18 @@ def make_optimizers(run, model, state):
     return optimizers
 
 
+def every_rank(run, t):
+    """This process's tensor t, stacked with every other process's (rows in rank order)."""
+    if not run.ddp:
+        return t[None]
+    rows = [torch.empty_like(t, device=run.dev) for _ in range(run.world_size)]
+    dist.all_gather(rows, t.to(run.dev))  # NCCL gathers only GPU tensors
+    return torch.stack(rows).cpu()
+
+
 def agree(run, *values):
     """The largest of each value over all processes, so that they all decide the same."""
-    if not run.ddp:
-        return [float(v) for v in values]
-    t = torch.tensor(values, dtype=torch.float64, device=run.dev)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist()
-
-
-def every_rank(run, rng_state):
-    """One process's RNG state, stacked with every other process's (rows in rank order)."""
-    if not run.ddp:
-        return rng_state[None]
-    rows = [torch.empty_like(rng_state, device=run.dev) for _ in range(run.world_size)]
-    dist.all_gather(rows, rng_state.to(run.dev))  # NCCL gathers only GPU tensors
-    return torch.stack(rows).cpu()
+    return every_rank(run, torch.tensor(values, dtype=torch.float64)).amax(dim=0).tolist()
 
 
 def finish_processes(run):
@@ -630,9 +636,7 @@ def save(run, model, optimizers, state):
             f"state")
     rng = {'torch': every_rank(run, torch.get_rng_state()), 'data': state.data_rng.get_state(),
            'cuda': every_rank(run, torch.cuda.get_rng_state()) if run.dev_type == 'cuda' else None}
-    weights = model.state_dict()
-    if state.lora:
-        weights = {k: v for k, v in weights.items() if 'lora_' in k}
+    weights = {k: v for k, v in model.state_dict().items() if 'lora_' in k or not state.lora}
     if run.master:
         save_checkpoint(state.ckpt_path, {
             'model_type': 'gpt', 'model': weights, 'optimizer': [o.state_dict() for o in optimizers],
@@ -649,9 +653,8 @@ def compile_and_wrap(run, model, data):
         try:  # compile now, on one batch, so that a failure shows here; the RNG is left as it was
             compiled = torch.compile(model)
             with torch.random.fork_rng(devices=[run.dev] if run.dev_type == 'cuda' else []), run.ctx:
-                T = model.block_size
-                ix = data.train.random_starts((batch_size,), T, torch.Generator())
-                compiled(*get_batch(data.train, ix, T, run.dev))
+                ix = data.train.random_starts((batch_size,), model.block_size, torch.Generator())
+                compiled(*get_batch(data.train, ix, model.block_size, run.dev))
         except Exception as e:
             run.log(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:100]}); "
                     f"running eagerly")
@@ -664,8 +667,7 @@ def compile_and_wrap(run, model, data):
 
 @torch.no_grad()
 def estimate_loss(model, splits, batch_size, block_size, eval_iters, device, ctx=nullcontext()):
-    """Mean loss over the same eval_iters random batches of each split at every eval (over response
-    tokens only, for instruction pairs)."""
+    """Mean loss over the same eval_iters random batches of each split (on pairs: of response tokens)."""
     model.eval()
     out = {}
     for name, split in splits.items():
@@ -707,7 +709,7 @@ def train(run, raw_model, optimizers, data, state):
         loss = train_step(run, train_model, raw_model, optimizers, data, state)
         state.iter_num += 1
         if state.iter_num % log_interval == 0 and run.master:
-            log_progress(run, state, loss, (time.time() - t0) / log_interval, t_start)
+            log_progress(run, state, loss, (time.time() - t0) / log_interval)
             t0 = time.time()
     for s, handler in before.items():  # Ctrl-C while sampling raises KeyboardInterrupt again, as before training
         signal.signal(s, handler)
@@ -734,8 +736,8 @@ def begin_log(run, model, state):
 
 def evaluate_and_save(run, model, raw_model, optimizers, data, state):
     """The `step N:` line (on instruction pairs, of response tokens only), its row in log.csv, a checkpoint."""
-    T = raw_model.block_size
-    losses = estimate_loss(model, {'train': data.train, 'val': data.val}, batch_size, T, eval_iters, run.dev, run.ctx)
+    splits = {'train': data.train, 'val': data.val}
+    losses = estimate_loss(model, splits, batch_size, raw_model.block_size, eval_iters, run.dev, run.ctx)
     run.log(f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
     if not math.isfinite(losses['train'] + losses['val']):
         die(f"the loss is not finite at step {state.iter_num}; not saved, {state.ckpt_path} keeps the last good state")
@@ -757,9 +759,8 @@ def stop_on_signal(run, model, optimizers, state, signum, saved):
 
 
 def get_lr(it, progress, learning_rate, min_lr, warmup_iters, schedule='cosine'):
-    """Linear warmup for warmup_iters steps, then a decay to min_lr as progress goes from 0 to 1:
-    'cosine' decays all the way; 'wsd' (warmup-stable-decay) holds the peak, then decays linearly
-    over the last 40%."""
+    """Linear warmup for warmup_iters steps, then a decay to min_lr as progress goes from 0 to 1: 'cosine'
+    decays all the way; 'wsd' (warmup-stable-decay) holds the peak, then decays linearly over the last 40%."""
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)  # never 0, even at step 0
     progress = min(max(progress, 0.0), 1.0)
@@ -808,11 +809,9 @@ def train_step(run, model, raw_model, optimizers, data, state):
     return loss.item()
 
 
-def log_progress(run, state, loss, dt, t_start):
+def log_progress(run, state, loss, dt):
     """The progress line and its row in log.csv; dt is the time of a step, over the last log_interval."""
-    eta = (max_iters - state.iter_num) * dt
-    if max_time > 0:
-        eta = min(eta, max_time - (time.time() - t_start))
+    eta = min((max_iters - state.iter_num) * dt, max_time - state.train_time if max_time > 0 else math.inf)
     peak = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}  # dense bf16 FLOP/s
     peak_flops = next((v for k, v in peak.items() if run.dev_type == 'cuda' and k in torch.cuda.get_device_name()), 0)
     mfu = f", mfu {100 * state.flops_per_iter / dt / peak_flops:.1f}%" if peak_flops else ''
@@ -857,7 +856,7 @@ def full_val_loss(model, split, block_size, device, batch_size=64, ctx=nullconte
     Plain text: consecutive windows, so every token but the first is predicted once. Instruction pairs:
     one window for each pair, scoring that pair's response tokens."""
     model.eval()
-    n = len(split)
+    n = len(split.ids)
     if split.mask is None:
         starts = np.arange(0, n - 1, block_size)
         last = np.minimum(starts + block_size, n - 1)  # the last target of each window

@@ -20,9 +20,6 @@ class PairSplit:
         m = np.asarray(mask)  # a pair starts where a response ended (mask 1 -> 0), and at 0
         self.starts = np.concatenate([[0], np.flatnonzero((m[:-1] == 1) & (m[1:] == 0)) + 1])
 
-    def __len__(self):
-        return len(self.ids)
-
     def pair_windows(self, block_size):
         """For each pair, where its window starts and the position of its last token. A window starts at the
         pair's start, so it begins with the prompt; a pair longer than a window starts later, so that the
@@ -41,7 +38,7 @@ class PairSplit:
 @torch.no_grad()
 def exact_match(model, split, tok, end, tasks, device, ctx):
     """Answer every held-out pair greedily and compare with its response, exactly: the share right per task."""
-    ids, mask, bounds = np.asarray(split.ids), np.asarray(split.mask), [*split.starts, len(split)]
+    ids, mask, bounds = np.asarray(split.ids), np.asarray(split.mask), [*split.starts, len(split.ids)]
     pairs = []  # (prompt ids, the response's length in tokens, the response's text)
     for s, e in zip(bounds, bounds[1:]):
         r = s + int(np.argmax(mask[s:e]))  # the response's first token

@@ -33,8 +33,11 @@ class LoRALinear(nn.Module):
     def merged(self):
         """An ordinary Linear with the update folded into its weight: sampling pays nothing extra."""
         w = self.base.weight if isinstance(self.base, nn.Linear) else self.base.dequantize()
-        linear = nn.Linear(self.base.in_features, self.base.out_features, bias=False, device=w.device)
+        linear = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None,
+                           device=w.device)
         linear.weight.data = (w + self.scale * self.lora_B @ self.lora_A).detach()
+        if linear.bias is not None:
+            linear.bias.data = self.base.bias.detach().clone()
         return linear
 
 
@@ -83,3 +86,11 @@ def summary(model, settings):
     base = f" on a {settings['quantize']} base" if settings['quantize'] else ''
     return f"LoRA rank {settings['rank']}{base}: training {n_train:,} of {n_all:,} parameters " \
            f"({100 * n_train / n_all:.2f}%)"
+
+
+def merged_weights(model, base, ckpt):
+    """A LoRA checkpoint's model as plain weights: its adapters merged into its base's weights (model is a
+    fresh model of their shape)."""
+    model.load_state_dict(base)
+    merge_lora(adapt(model, ckpt['lora'], ckpt['model']))
+    return model.state_dict()

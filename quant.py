@@ -21,6 +21,7 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer('scale', w.abs().amax(dim=1).clamp(min=1e-12) / 127)  # (out,)
         self.register_buffer('qweight', torch.round(w / self.scale[:, None]).to(torch.int8))  # (out, in)
+        self.bias = linear.bias  # None, or kept as it is (the lecture's model has biases)
         self.packed = None  # fbgemm's prepacked copy, made on first use on a CPU
 
     def dequantize(self):
@@ -38,9 +39,9 @@ class Int8Linear(nn.Module):
                     warnings.simplefilter('ignore')
                     q = torch.quantize_per_channel(self.dequantize(), self.scale.double(),
                                                    torch.zeros_like(self.scale, dtype=torch.long), 0, torch.qint8)
-                self.packed = torch.ops.quantized.linear_prepack(q, None)
+                self.packed = torch.ops.quantized.linear_prepack(q, None if self.bias is None else self.bias.detach())
             return torch.ops.quantized.linear_dynamic(x.float(), self.packed).to(x.dtype)
-        return F.linear(x, self.dequantize().to(x.dtype))
+        return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
 def nf4_code():
@@ -70,6 +71,7 @@ class NF4Linear(nn.Module):
         self.register_buffer('code', nf4_code())
         codes = torch.bucketize(flat / self.absmax, (self.code[1:] + self.code[:-1]) / 2)  # the nearest value
         self.register_buffer('packed', (codes[:, 0::2] << 4 | codes[:, 1::2]).to(torch.uint8))  # (n_blocks, 32)
+        self.bias = linear.bias  # None, or kept as it is
 
     def dequantize(self):
         codes = torch.stack((self.packed >> 4, self.packed & 15), dim=-1).flatten(1).long()  # (n_blocks, 64)
@@ -77,7 +79,7 @@ class NF4Linear(nn.Module):
         return w.view(self.out_features, self.in_features)
 
     def forward(self, x):
-        return F.linear(x, self.dequantize().to(x.dtype))
+        return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
 def swap_linears(model, make):

@@ -13,9 +13,9 @@ from conftest import TINY, copy_project, one_line_error, run, val_lines
 NEW_TEXT = "all: speak, speak. you are all resolved rather to die than to famish?\n" * 60  # lowercase, same chars
 
 
-def base_model(seed=0):
+def base_model(seed=0, bias=False):
     torch.manual_seed(seed)
-    return gpt.GPT(65, 32, 2, 2, 32, 0.0, rope=True, rmsnorm=True, qk_norm=True)
+    return gpt.GPT(65, 32, 2, 2, 32, 0.0, rope=True, rmsnorm=True, qk_norm=True, bias=bias)
 
 
 def test_lora_starts_as_the_base_and_trains_only_a_and_b():
@@ -36,9 +36,13 @@ def test_lora_starts_as_the_base_and_trains_only_a_and_b():
     assert any(n.endswith('lora_B') for n in changed)
 
 
+@pytest.mark.parametrize('bias', [False, True])
 @pytest.mark.parametrize('quantize', ['', 'nf4'])
-def test_merged_equals_unmerged(quantize):
-    m = base_model().eval()
+def test_merged_equals_unmerged(quantize, bias):
+    m = base_model(bias=bias).eval()
+    for name, p in m.named_parameters():
+        if name.endswith('bias'):
+            p.data.normal_(0, 0.5)  # as if trained: a merge that dropped them would show
     if quantize:
         quant.quantize_model(m, quantize)
     lora.add_lora(m, rank=4, alpha=8.0)

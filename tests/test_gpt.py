@@ -171,3 +171,83 @@ def test_full_val_loss_matches_the_mean_over_windows():
               for s in range(0, 44, 8))
     loss, _, count = gpt.full_val_loss(model, gpt.Split(data), 8, 'cpu', batch_size=2)
     assert count == 44 and loss == pytest.approx(nll / 44, rel=1e-5)
+
+
+# The lecture's parts: each switch leaves one part out, and the defaults are the model as it was
+TODAYS_KEYS = ['wte.weight', 'wpe.weight', 'blocks.0.ln_1.weight', 'blocks.0.ln_1.bias', 'blocks.0.attn.c_attn.weight',
+               'blocks.0.attn.c_proj.weight', 'blocks.0.ln_2.weight', 'blocks.0.ln_2.bias', 'blocks.0.mlp.c_fc.weight',
+               'blocks.0.mlp.c_proj.weight', 'ln_f.weight', 'ln_f.bias', 'lm_head.weight']
+
+
+def test_default_parts_are_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = gpt.GPT(11, 8, 1, 2, 16)
+    assert list(model.state_dict()) == TODAYS_KEYS  # old checkpoints load with strict keys
+    # the logits of this seed before the lecture's switches existed (gpt.py of the previous commit)
+    assert model(torch.arange(8)[None] % 11)[0].sum().item() == pytest.approx(-0.022893, abs=1e-6)
+
+
+@pytest.mark.parametrize('parts, gone', [
+    (dict(ffn=False), ['mlp.', 'ln_2.']),
+    (dict(norm=False), ['ln_1.', 'ln_2.', 'ln_f.']),
+    (dict(pos=False), ['wpe.']),
+    (dict(pos=False, rope=True), ['wpe.', 'rope_']),
+])
+def test_a_part_left_out_has_no_weights(parts, gone):
+    model = gpt.GPT(V, 8, 2, 2, 16, **parts)
+    names = [*model.state_dict(), *dict(model.named_buffers())]
+    assert not [n for n in names if any(g in n for g in gone)]
+    assert [n for n in names if 'attn.c_attn' in n]  # attention stays
+
+
+def test_bias_puts_a_bias_in_every_linear_and_the_head():
+    model = gpt.GPT(V, 8, 2, 2, 16, bias=True, tie_weights=False)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 9 and all(m.bias is not None for m in linears)  # 4 per block and the head
+    assert all((m.bias == 0).all() for m in linears)  # nanoGPT's init zeroes them
+    assert all(m.bias is None for m in gpt.GPT(V, 8, 2, 2, 16).modules() if isinstance(m, torch.nn.Linear))
+
+
+@pytest.mark.parametrize('parts', [dict(ffn=False, residual=False, norm=False, weight_init='pytorch'), dict(residual=False),
+                                   dict(bias=True, relu=True, weight_init='pytorch'), dict(pos=False)])
+@pytest.mark.parametrize('sdpa', [True, False])
+def test_causal_with_parts_left_out(parts, sdpa):
+    torch.manual_seed(0)
+    model = gpt.GPT(V, 16, 2, 2, 16, **parts).eval()
+    set_sdpa(model, sdpa)
+    idx = torch.randint(V, (2, 16))
+    base = model(idx, idx)[0]
+    changed = idx.clone()
+    changed[:, 9] = (changed[:, 9] + 1) % V
+    logits = model(changed, idx)[0]
+    assert torch.allclose(logits[:, :9], base[:, :9], atol=1e-6) and not torch.allclose(logits[:, 9:], base[:, 9:])
+
+
+def test_without_positions_attention_sees_a_bag_of_tokens():
+    torch.manual_seed(0)
+    idx = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
+    shuffled = torch.tensor([[3, 1, 7, 2, 6, 4, 5, 8]])  # the same tokens before the last one, in another order
+    for pos, same in ((False, True), (True, False)):  # one layer: in a second, earlier positions saw their own order
+        model = gpt.GPT(V, 8, 1, 2, 16, pos=pos).eval()
+        last = [model(x)[0][0, -1] for x in (idx, shuffled)]
+        assert torch.allclose(last[0], last[1], atol=1e-5) == same
+
+
+def test_weight_init_pytorch_is_the_lectures():
+    torch.manual_seed(0)
+    lecture, nanogpt = gpt.GPT(V, 8, 1, 2, 32, weight_init='pytorch'), gpt.GPT(V, 8, 1, 2, 32)
+    assert lecture.wte.weight.std().item() == pytest.approx(1.0, rel=0.2)  # nn.Embedding's N(0, 1)
+    assert nanogpt.wte.weight.std().item() == pytest.approx(0.02, rel=0.2)
+    bound = 1 / math.sqrt(32)  # nn.Linear's kaiming-uniform: |w| <= 1/sqrt(fan_in)
+    assert lecture.blocks[0].mlp.c_fc.weight.abs().max() <= bound
+    relu = gpt.FeedForward(4, 0.0, relu=True)
+    assert relu.act is torch.nn.functional.relu
+
+
+def test_attention_weights_of_the_explicit_path():
+    model = tiny().eval()
+    set_sdpa(model, False)
+    model(torch.randint(V, (1, 10)))
+    att = model.blocks[1].attn.att  # (B, nh, T, T)
+    assert att.shape == (1, 2, 10, 10) and torch.allclose(att.sum(-1), torch.ones(1, 2, 10))
+    assert (att.triu(1) == 0).all()  # nothing looks ahead

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import REPO, TINY, one_line_error, run, run_process, val_lines
+from conftest import REPO, SHAKESPEARE, TINY, one_line_error, run, run_process, val_lines
 
 
 def test_train_log_and_sample(trained):
@@ -137,8 +137,10 @@ def test_classic_config_file(proj):
     assert r.returncode == 0, r.stderr
     ckpt = torch.load(proj / 'out' / 'ckpt.pt', weights_only=True)
     assert not ckpt['model_args']['rope'] and 'wpe.weight' in ckpt['model'] and len(ckpt['optimizer']) == 1
-    for cfg in os.listdir(proj / 'config'):  # every shipped config file names only real knobs
-        r = run(proj, 'gpt.py', f'config/{cfg}', '--max_iters=0', '--device=cpu', '--dataset=nothing')
+    configs = sorted(str(p.relative_to(proj)) for p in (proj / 'config').rglob('*.py'))
+    assert len(configs) >= 12 and 'config/lecture/layernorm.py' in configs
+    for cfg in configs:  # every shipped config file names only real knobs
+        r = run(proj, 'gpt.py', cfg, '--max_iters=0', '--device=cpu', '--dataset=nothing')
         assert 'run: python prepare.py' in one_line_error(r), cfg
 
 
@@ -194,3 +196,34 @@ def test_block_size_1_trains_and_samples(proj):
             '--eval_interval=10', '--eval_iters=2', '--max_new_tokens=5', '--compile=false')
     assert r.returncode == 0, r.stderr
     assert r.stdout.endswith('---------------\n') and len(val_lines(r.stdout)) == 2
+
+
+LECTURE_STEPS = ['head', 'heads', 'ffn', 'residual', 'layernorm', 'no_residual', 'no_pos']
+
+
+def test_lecture_step_configs_train_and_resume(proj):
+    # each step's parts, on the tiny corpus: it trains, and its checkpoint resumes and samples
+    shutil.copytree(os.path.join(REPO, 'config'), proj / 'config')
+    short = ['--max_iters=20', '--eval_interval=10', '--eval_iters=2', '--log_interval=10', '--max_new_tokens=10']
+    for step in LECTURE_STEPS:
+        r = run(proj, 'gpt.py', f'config/lecture/{step}.py', *short)
+        assert r.returncode == 0, (step, r.stderr)
+        ckpt = torch.load(proj / f"out-lecture-{step.replace('_', '-')}" / 'ckpt.pt', weights_only=True)
+        args = ckpt['model_args']
+        assert (args['n_embd'], args['block_size'], args['bias'], args['relu'], args['weight_init']) == \
+            (32, 8, True, True, 'pytorch')
+        assert args['ffn'] == (step not in ('head', 'heads')) and args['pos'] == (step != 'no_pos')
+    r = run(proj, 'gpt.py', 'config/lecture/heads.py', '--init_from=resume', '--max_iters=0', '--max_new_tokens=5')
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(SHAKESPEARE), reason='no shared Tiny Shakespeare copy')
+@pytest.mark.parametrize('step, lecture', [('head', 2.40), ('layernorm', 2.06)])
+def test_lecture_steps_reach_the_lectures_val_loss(proj, step, lecture):
+    # the example is its own test: the first and the last step, on the real data, within 0.05 of the lecture
+    shutil.copytree(os.path.join(REPO, 'config'), proj / 'config')
+    assert run(proj, 'prepare.py', f'--input={SHAKESPEARE}').returncode == 0
+    r = run(proj, 'gpt.py', f'config/lecture/{step}.py', '--max_new_tokens=0')
+    assert r.returncode == 0, r.stderr
+    assert abs(float(re.search(r'whole-split val loss ([\d.]+)', r.stdout).group(1)) - lecture) < 0.05

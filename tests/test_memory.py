@@ -16,9 +16,9 @@ NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.
        0.7229568362236023, 1.0]
 
 
-def model(seed=0, dropout=0.0):
+def model(seed=0, dropout=0.0, bias=False):
     torch.manual_seed(seed)
-    return gpt.GPT(65, 32, 2, 2, 64, dropout, rope=True, rmsnorm=True, qk_norm=True)
+    return gpt.GPT(65, 32, 2, 2, 64, dropout, rope=True, rmsnorm=True, qk_norm=True, bias=bias)
 
 
 def test_nf4_code_matches_its_definition():
@@ -56,11 +56,12 @@ def test_nf4_packs_two_codes_a_byte_and_beats_uniform_4_bit():
     assert nf4_err.sqrt() < 0.1 * linear.weight.pow(2).mean().sqrt()  # about 9% of the weights' size
 
 
-@pytest.mark.parametrize('kind, bound', [('int8', 0.05), ('nf4', 0.3)])  # weights off by ~0.7% (and int8 activations rounded on the fly) and ~9%
-def test_quantized_logits_are_close_to_fp32(kind, bound):
-    m = model().eval()
-    for p in m.parameters():  # trained weights are far from init; give them some spread
-        p.data += 0.05 * torch.randn_like(p) * (p.dim() > 1)
+@pytest.mark.parametrize('bias', [False, True])  # the lecture's model has biases: they stay as they are
+@pytest.mark.parametrize('kind, bound', [('int8', 0.05), ('nf4', 0.3)])  # weights off by ~0.7% (int8: and its
+def test_quantized_logits_are_close_to_fp32(kind, bound, bias):  # activations rounded on the fly) and ~9%
+    m = model(bias=bias).eval()
+    for name, p in m.named_parameters():  # trained weights are far from init; give them (and biases) some spread
+        p.data += (0.05 if p.dim() > 1 else 0.5 if name.endswith('bias') else 0.0) * torch.randn_like(p)
     idx = torch.randint(65, (4, 32))
     with torch.no_grad():
         ref = m(idx, idx)[0]
@@ -68,7 +69,7 @@ def test_quantized_logits_are_close_to_fp32(kind, bound):
         quant.quantize_model(m, kind)
         logits = m(idx, idx)[0]
     assert (logits - ref).norm() / ref.norm() < bound
-    assert fp32 / quant.weight_bytes(m) > {'int8': 3.7, 'nf4': 7.0}[kind]  # scales cost a little
+    assert fp32 / quant.weight_bytes(m) > {'int8': 3.7, 'nf4': 7.0}[kind] - 0.5 * bias  # scales (and biases) cost a little
 
 
 @pytest.mark.parametrize('kind', ['int8', 'nf4'])
