@@ -1,13 +1,18 @@
 """
-Draw the loss curves of one or more gpt.py runs from their <out_dir>/log.csv.
+Draw the loss curves of one or more gpt.py runs from their <out_dir>/log.csv, or what a trained model's
+attention heads look at.
 
     python plot.py out/log.csv                                  # -> out/loss.png
     python plot.py out/log.csv out-bpe/log.csv --x=time --out=runs.png
+    python plot.py --attention=out/ckpt.pt --prompt="ROMEO: But soft"   # -> out/attention.png
 
 Each run is labelled by its folder. Solid lines are the val loss of the `step N:` lines, faint dots
 the train loss of the progress lines, and a star the final whole-split val loss (the last line
 gpt.py prints after training). Losses are nats per token, which compares runs of one tokenizer;
 --y=bpb shows val bits per byte instead, which compares any runs (char, BPE, nanoGPT's).
+
+--attention draws one heatmap for each head of each layer: row t is what the prompt's token t attends
+to (its softmax weights over the tokens up to t), so the upper triangle is empty, the causal mask.
 """
 import csv
 import os
@@ -20,6 +25,8 @@ x = 'tokens'  # the x axis: 'tokens' (trained on), 'time' (seconds of training) 
 y = 'loss'  # the y axis: 'loss' (nats per token, train and val) or 'bpb' (val bits per byte)
 out = ''  # the PNG to write; empty means loss.png beside the first log
 title = ''  # the figure's title; empty means none
+attention = ''  # a gpt.py checkpoint: draw its attention over the prompt instead of loss curves
+prompt = 'ROMEO: But soft'  # the text whose attention --attention draws
 # -----------------------------------------------------------------------------
 COLUMNS = ['kind', 'iter', 'tokens', 'time_s', 'lr', 'train_loss', 'val_loss', 'val_bpb']
 
@@ -50,7 +57,68 @@ def read_log(path):
     return rows
 
 
+def pyplot():
+    try:
+        import matplotlib
+        matplotlib.use('Agg')  # files only, no window
+        import matplotlib.pyplot as plt
+    except ImportError:
+        die("matplotlib is missing: pip install matplotlib")
+    return plt
+
+
+def save(fig, target):
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    try:
+        fig.savefig(target)
+    except (OSError, ValueError) as e:  # an unwritable place, or a name matplotlib has no format for
+        die(f"cannot write '{target}': {e}")
+    print(f"wrote {target}")
+
+
+def attention_maps(path, text):
+    """The prompt's tokens and every head's attention weights over them, (n_layer, n_head, T, T), from the
+    explicit attention path of the model in the checkpoint (the same numbers as its fast path)."""
+    import torch
+    import gpt
+    from tokenizer import from_description
+    if not text:
+        die("--prompt must not be empty")
+    ckpt = gpt.load_checkpoint(path, 'gpt')  # one line for a missing, damaged or foreign file
+    tok = from_description(ckpt['tokenizer'] if 'tokenizer' in ckpt else {'type': 'char', 'chars': ckpt.get('chars')})
+    if tok.unknown(text):
+        die(f"the prompt has characters that are not in the model's vocabulary: {tok.unknown(text)}")
+    model = gpt.GPT(**ckpt['model_args']).eval()
+    model.load_state_dict(gpt.full_weights(path, ckpt, tok))
+    ids = tok.encode(text)[-model.block_size:]  # what the model can see at once
+    for block in model.blocks:
+        block.attn.use_sdpa = False  # the explicit path keeps its weights
+    with torch.no_grad():
+        model(torch.tensor([ids]))
+    return [tok.decode([i]) for i in ids], torch.stack([b.attn.att[0] for b in model.blocks]).numpy()
+
+
+def draw_attention():
+    tokens, att = attention_maps(attention, prompt)
+    n_layer, n_head, T, _ = att.shape
+    plt = pyplot()
+    fig, axes = plt.subplots(n_layer, n_head, figsize=(1.6 + 2.2 * n_head, 0.6 + 2.2 * n_layer), dpi=80, squeeze=False)
+    labels = [t.replace('\n', '\u23ce').replace(' ', '\u2423') for t in tokens]  # a newline and a space made visible
+    for layer in range(n_layer):
+        for head in range(n_head):
+            ax = axes[layer][head]
+            ax.imshow(att[layer, head], cmap='Blues', vmin=0, vmax=1)
+            ax.set_xticks(range(T), labels, fontsize=6)
+            ax.set_yticks(range(T), labels, fontsize=6)
+            ax.set_title(f"layer {layer}, head {head}", fontsize=8)
+    fig.suptitle(title or f"attention over {prompt!r}: row = the token that looks, column = what it sees", fontsize=9)
+    fig.tight_layout()
+    save(fig, out or os.path.join(os.path.dirname(os.path.abspath(attention)), 'attention.png'))
+
+
 def main(paths):
+    if attention:
+        return draw_attention()
     if not paths:
         die("give one or more logs: python plot.py out/log.csv [more/log.csv ...] [--x=tokens|time|iter]")
     if x not in ('tokens', 'time', 'iter'):
@@ -58,12 +126,7 @@ def main(paths):
     if y not in ('loss', 'bpb'):
         die(f"--y must be loss or bpb, not '{y}'")
     runs = [(os.path.basename(os.path.dirname(os.path.abspath(p))), read_log(p)) for p in paths]
-    try:
-        import matplotlib
-        matplotlib.use('Agg')  # files only, no window
-        import matplotlib.pyplot as plt
-    except ImportError:
-        die("matplotlib is missing: pip install matplotlib")
+    plt = pyplot()
     key = {'tokens': 'tokens', 'time': 'time_s', 'iter': 'iter'}[x]
     val_key = 'val_loss' if y == 'loss' else 'val_bpb'
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=80)
@@ -87,13 +150,7 @@ def main(paths):
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    target = out or os.path.join(os.path.dirname(os.path.abspath(paths[0])), 'loss.png')
-    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-    try:
-        fig.savefig(target)
-    except (OSError, ValueError) as e:  # an unwritable place, or a name matplotlib has no format for
-        die(f"cannot write '{target}': {e}")
-    print(f"wrote {target}")
+    save(fig, out or os.path.join(os.path.dirname(os.path.abspath(paths[0])), 'loss.png'))
 
 
 if __name__ == '__main__':

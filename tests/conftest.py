@@ -31,9 +31,9 @@ CORPUS = ("First Citizen: Before we proceed any further, hear me speak.\n"
           "All: Speak, speak. You are all resolved rather to die than to famish?\n") * 40
 
 # a tiny gpt.py run: 2 layers of 32, a block of 16, a few seconds of training
-TINY = ['--gradient_accumulation_steps=1', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=8',
-        '--eval_iters=4', '--eval_interval=10', '--log_interval=5', '--warmup_iters=5', '--max_new_tokens=30',
-        '--compile=false']
+TINY = ['--gradient_accumulation_steps=1', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16',
+        '--batch_size=8', '--eval_iters=4', '--eval_interval=10', '--log_interval=5', '--warmup_iters=5',
+        '--max_new_tokens=30', '--compile=false']
 
 SCRIPTS = {'gpt.py': 'gpt', 'bigram.py': 'bigram', 'prepare.py': 'prepare', 'plot.py': 'plot'}
 

@@ -79,7 +79,8 @@ def test_refusals(proj):
     torch.save({'model_type': 'something else'}, proj / 'out-bigram' / 'ckpt.pt')
     assert 'not a bigram checkpoint' in one_line_error(run(proj, 'bigram.py', '--init_from=resume'))
     # instruction pairs: a bigram has no prompt to follow
-    (proj / 'p.jsonl').write_text(''.join('{"prompt": "say %s", "response": "%s"}\n' % (w, w) for w in 'abcdefghij' * 3))
+    pairs = ''.join('{"prompt": "say %s", "response": "%s"}\n' % (w, w) for w in 'abcdefghij' * 3)
+    (proj / 'p.jsonl').write_text(pairs)
     assert run(proj, 'prepare.py', '--input=p.jsonl', '--format=pairs', '--dataset=sft').returncode == 0
     assert 'holds instruction pairs' in one_line_error(run(proj, 'bigram.py', '--dataset=sft'))
 

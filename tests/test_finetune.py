@@ -161,7 +161,8 @@ def test_fine_tune_checks_the_checkpoints_block_size(base, tmp_path):
     (tmp_path / 'tiny.txt').write_text(NEW_TEXT[:100])  # val holds 10 tokens: too short for the checkpoint
     assert run(base, 'prepare.py', f'--input={tmp_path / "tiny.txt"}', '--dataset=tiny',
                '--tokenizer_from=shakespeare_char').returncode == 0
-    assert "the model's block_size (16)" in one_line_error(run(base, 'gpt.py', *args, '--dataset=tiny', '--max_iters=5'))
+    r = run(base, 'gpt.py', *args, '--dataset=tiny', '--max_iters=5')
+    assert "the model's block_size (16)" in one_line_error(r)
 
 
 def test_tokenizer_from_refuses_unknown_characters(base, tmp_path):

@@ -109,7 +109,8 @@ def test_cached_generation_with_the_smallest_blocks(block_size):
     # the cache is rebuilt from the last max(block_size // 2, 1) tokens: still the uncached tokens
     model = tiny(block_size=block_size).eval()
     prompt = torch.randint(V, (2, 1))
-    outs = [model.generate(prompt, 12, 1.0, kv_cache=c, generator=torch.Generator().manual_seed(3)) for c in (True, False)]
+    outs = [model.generate(prompt, 12, 1.0, kv_cache=c, generator=torch.Generator().manual_seed(3))
+            for c in (True, False)]
     assert outs[0].shape == (2, 13) and (block_size > 1 or torch.equal(outs[0], outs[1]))
 
 
@@ -208,7 +209,8 @@ def test_bias_puts_a_bias_in_every_linear_and_the_head():
     assert all(m.bias is None for m in gpt.GPT(V, 8, 2, 2, 16).modules() if isinstance(m, torch.nn.Linear))
 
 
-@pytest.mark.parametrize('parts', [dict(ffn=False, residual=False, norm=False, weight_init='pytorch'), dict(residual=False),
+@pytest.mark.parametrize('parts', [dict(ffn=False, residual=False, norm=False, weight_init='pytorch'),
+                                   dict(residual=False),
                                    dict(bias=True, relu=True, weight_init='pytorch'), dict(pos=False)])
 @pytest.mark.parametrize('sdpa', [True, False])
 def test_causal_with_parts_left_out(parts, sdpa):

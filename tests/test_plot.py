@@ -1,4 +1,4 @@
-"""plot.py on a real tiny log: it writes a PNG that opens, and refuses what is not a gpt.py log."""
+"""plot.py on a real tiny log and checkpoint: loss curves and attention maps as PNGs that open, and refusals."""
 import struct
 
 import pytest
@@ -34,3 +34,25 @@ def test_plot_refusals(proj):
                           (['empty.csv'], 'has no rows yet'), (['garbled.csv'], 'not a number'),
                           ([], 'give one or more logs'), (['empty.csv', '--x=epochs'], '--x must be')):
         assert message in one_line_error(run(proj, 'plot.py', *args))
+
+
+def test_attention_picture(trained):
+    proj, _ = trained
+    r = run(proj, 'plot.py', '--attention=out/ckpt.pt', '--prompt=All: Speak')
+    assert r.returncode == 0, r.stderr
+    w, h = png_size(proj / 'out' / 'attention.png')  # beside the checkpoint
+    assert w > 300 and h > 300  # 2 layers x 2 heads of heatmaps
+    r = run(proj, 'plot.py', '--attention=out/ckpt.pt', '--prompt=First Citizen: Before we proceed', '--out=a.png')
+    assert r.returncode == 0 and (proj / 'a.png').exists(), r.stderr  # longer than the block: its last 16 tokens
+
+
+def test_attention_refusals(trained):
+    proj, _ = trained
+    (proj / 'random.pt').write_bytes(bytes(range(256)) * 8)
+    for args, message in ((['--attention=nope/ckpt.pt'], 'no checkpoint at nope/ckpt.pt'),
+                          (['--attention=random.pt'], 'not a loadable checkpoint'),
+                          (['--attention=out/log.csv'], 'not a loadable checkpoint'),
+                          (['--attention=out/ckpt.pt', '--prompt='], 'prompt must not be empty'),
+                          (['--attention=out/ckpt.pt', '--prompt=Zq~'], "not in the model's vocabulary: ['Z', 'q', '~']")):
+        assert message in one_line_error(run(proj, 'plot.py', *args))
+    assert not (proj / 'out' / 'attention.png').exists()
