@@ -1,6 +1,6 @@
 """
 The GPT of the "Let's build GPT" lecture, in one file read from top to bottom: the data, the model,
-sampling, the optimizer, checkpoints, and the steps of a run (main() at the bottom lists them).
+sampling, checkpoints, and the steps of a run: optimizer, training, evaluation (main() lists them).
 
     python prepare.py                                  # once: writes data/shakespeare_char/
     python gpt.py                                      # trains a small GPT on a CPU, then samples
