@@ -7,11 +7,16 @@ Prints a table.
     python bench.py config/lecture_gpu.py --device=cuda --budget=120
     python bench.py config/lecture_gpu.py --train=false --device=cpu   # generation only
 
+    python bench.py --profile=true                    # where a training step's time goes, by part
+
 Training runs the real gpt.py in a subprocess with --max_time=budget; generation times
-GPT.generate in this process. A benchmark measures; it is never a test.
+GPT.generate in this process; the profile times gpt.py's own pieces in this process, with forward
+hooks on the modules and timers around the rest. A benchmark measures; it is never a test.
 """
 import copy
 import os
+from collections import defaultdict
+from types import SimpleNamespace
 import re
 import resource
 import statistics
@@ -23,6 +28,7 @@ import time
 import torch
 
 import gpt
+import muon
 import quant
 from configurator import configure, knobs
 
@@ -32,6 +38,8 @@ train = True  # False: only time generation (random weights)
 gen_tokens = 500  # tokens per generation timing
 gen_repeats = 3  # timings per setting; the median is reported
 peak_flops = 0.0  # your device's peak FLOP/s, for an MFU estimate where gpt.py knows none (CPUs)
+profile = False  # True: where a training step's time goes, by part, instead of the benchmark
+profile_steps = 20  # optimizer steps timed by the profile (after 3 to warm up)
 # -----------------------------------------------------------------------------
 
 
@@ -43,42 +51,39 @@ def timed(fn, dev):
     return time.perf_counter() - t0
 
 
-def main(gpt_args):
-    rows = []
-    dev = gpt.pick_device(gpt.device)
-    with tempfile.TemporaryDirectory() as tmp:
-        if train:
-            cmd = [sys.executable, os.path.join(gpt.ROOT, 'gpt.py'), *gpt_args, f'--max_time={budget}',
-                   '--max_iters=1000000000', f'--out_dir={tmp}', '--max_new_tokens=0']
-            print('running:', ' '.join(cmd[1:]), flush=True)
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode != 0:
-                sys.exit(f"bench: gpt.py failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
-            speed = [float(x.replace(',', '')) for x in re.findall(r'([\d,]+) tok/s', r.stdout)][1:] or [0.0]
-            mfu = [float(x) for x in re.findall(r'mfu ([\d.]+)%', r.stdout)][1:]
-            steps = re.search(r'trained (\d+) steps in ([\d.]+)s', r.stdout)
-            ckpt = gpt.load_checkpoint(os.path.join(tmp, 'ckpt.pt'), 'gpt')
-            model_args, tok_s = ckpt['model_args'], statistics.median(speed)
-            n_params = sum(v.numel() for k, v in ckpt['model'].items() if k != 'lm_head.weight' or not model_args['tie_weights'])
-            flops = tok_s * (6 * n_params + 12 * model_args['n_layer'] * model_args['n_embd'] * model_args['block_size'])
-            if not mfu and peak_flops:
-                mfu = [100 * flops / peak_flops]
-            rows += [('training tokens/s (median of progress lines)', f"{tok_s:,.0f}"),
-                     ('achieved training FLOP/s (6N + 12LCT per token)', f"{flops / 1e9:,.1f} GFLOP/s"),
-                     ('estimated MFU', f"{statistics.median(mfu):.1f}%" if mfu else 'n/a (give --peak_flops=)'),
-                     ('optimizer steps in the budget', f"{steps.group(1)} in {steps.group(2)} s"),
-                     ('whole-split val loss after the budget', re.search(r'whole-split val loss ([\d.]+)', r.stdout).group(1)),
-                     ('peak host memory (RSS) of training', f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MiB")]
-            gpu_mem = re.search(r'peak GPU memory ([\d,]+) MiB', r.stdout)
-            if gpu_mem:
-                rows.append(('peak GPU memory of training', f"{gpu_mem.group(1)} MiB"))
-        else:
-            model_args = dict(vocab_size=65, block_size=gpt.block_size, n_layer=gpt.n_layer, n_head=gpt.n_head,
-                              n_embd=gpt.n_embd, rope=gpt.rope, rmsnorm=gpt.rmsnorm, qk_norm=gpt.qk_norm,
-                              relu2=gpt.relu2, tie_weights=gpt.tie_weights)
-    model = gpt.GPT(**model_args).to(dev).eval()
-    if train:
-        model.load_state_dict(ckpt['model'])
+def bench_training(gpt_args, tmp):
+    """Run the real gpt.py for `budget` seconds; its speed, MFU, loss and memory, and its checkpoint."""
+    cmd = [sys.executable, os.path.join(gpt.ROOT, 'gpt.py'), *gpt_args, f'--max_time={budget}',
+           '--max_iters=1000000000', f'--out_dir={tmp}', '--max_new_tokens=0']
+    print('running:', ' '.join(cmd[1:]), flush=True)
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"bench: gpt.py failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+    speed = [float(x.replace(',', '')) for x in re.findall(r'([\d,]+) tok/s', r.stdout)][1:] or [0.0]
+    mfu = [float(x) for x in re.findall(r'mfu ([\d.]+)%', r.stdout)][1:]
+    steps = re.search(r'trained (\d+) steps in ([\d.]+)s', r.stdout)
+    ckpt = gpt.load_checkpoint(os.path.join(tmp, 'ckpt.pt'), 'gpt')
+    args, tok_s = ckpt['model_args'], statistics.median(speed)
+    n_params = sum(v.numel() for k, v in ckpt['model'].items() if k != 'lm_head.weight' or not args['tie_weights'])
+    flops = tok_s * (6 * n_params + 12 * args['n_layer'] * args['n_embd'] * args['block_size'])
+    if not mfu and peak_flops:
+        mfu = [100 * flops / peak_flops]
+    rows = [('training tokens/s (median of progress lines)', f"{tok_s:,.0f}"),
+            ('achieved training FLOP/s (6N + 12LCT per token)', f"{flops / 1e9:,.1f} GFLOP/s"),
+            ('estimated MFU', f"{statistics.median(mfu):.1f}%" if mfu else 'n/a (give --peak_flops=)'),
+            ('optimizer steps in the budget', f"{steps.group(1)} in {steps.group(2)} s"),
+            ('whole-split val loss after the budget', re.search(r'whole-split val loss ([\d.]+)', r.stdout).group(1)),
+            ('peak host memory (RSS) of training',
+             f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MiB")]
+    gpu_mem = re.search(r'peak GPU memory ([\d,]+) MiB', r.stdout)
+    if gpu_mem:
+        rows.append(('peak GPU memory of training', f"{gpu_mem.group(1)} MiB"))
+    return rows, ckpt
+
+
+def bench_sampling(model, dev):
+    """Tokens per second of cached and uncached sampling, in fp32, int8 and NF4 weights, against the
+    bandwidth of reading the weights."""
     models = {'fp32': model}
     for kind in ('int8', 'nf4'):
         models[kind] = copy.deepcopy(model)
@@ -88,26 +93,144 @@ def main(gpt_args):
     times = {s: [] for s in settings}
     for _ in range(gen_repeats):
         for kind, cache in settings:  # interleaved, so that all see the same machine state
-            t0 = time.perf_counter()
-            models[kind].generate(prompt, gen_tokens, 1.0, kv_cache=cache, generator=torch.Generator(dev).manual_seed(0))
-            if dev.startswith('cuda'):
-                torch.cuda.synchronize()
-            times[kind, cache].append(time.perf_counter() - t0)
+            gen = torch.Generator(dev).manual_seed(0)
+            times[kind, cache].append(timed(lambda: models[kind].generate(prompt, gen_tokens, 1.0, kv_cache=cache,
+                                                                          generator=gen), dev))
     rate = {s: gen_tokens / statistics.median(t) for s, t in times.items()}
     # a cached step reads every weight matrix once: the blocks' Linear weights (as stored) and the head
     read = {k: quant.weight_bytes(m) + m.lm_head.weight.numel() * 4 for k, m in models.items()}
     big = torch.empty(2**26, device=dev)  # 256 MB: a copy reads and writes it once
     copy_s = min(timed(lambda: big.clone(), dev) for _ in range(5))
-    rows += [(f'generation tokens/s, KV cache, fp32 ({gen_tokens} tokens, batch 1)', f"{rate['fp32', True]:,.0f}"),
-             ('generation tokens/s, no cache, fp32', f"{rate['fp32', False]:,.0f}"),
-             ('KV cache speed-up', f"{rate['fp32', True] / rate['fp32', False]:.1f}x")]
+    rows = [(f'generation tokens/s, KV cache, fp32 ({gen_tokens} tokens, batch 1)', f"{rate['fp32', True]:,.0f}"),
+            ('generation tokens/s, no cache, fp32', f"{rate['fp32', False]:,.0f}"),
+            ('KV cache speed-up', f"{rate['fp32', True] / rate['fp32', False]:.1f}x")]
     for kind in ('int8', 'nf4'):
         rows.append((f'generation tokens/s, KV cache, {kind} weights', f"{rate[kind, True]:,.0f} "
                      f"({rate[kind, True] / rate['fp32', True]:.2f}x fp32)"))
     for kind in ('fp32', 'int8', 'nf4'):
         rows.append((f'weights read per cached token, {kind}', f"{read[kind] / 2**20:.2f} MiB: "
                      f"{read[kind] * rate[kind, True] / 1e9:.1f} GB/s"))
-    rows.append(('this machine\'s copy bandwidth (256 MB clone, read + write)', f"{2 * big.numel() * 4 / copy_s / 1e9:.1f} GB/s"))
+    rows.append(("this machine's copy bandwidth (256 MB clone, read + write)",
+                 f"{2 * big.numel() * 4 / copy_s / 1e9:.1f} GB/s"))
+    return rows
+
+
+class Stopwatch:
+    """Exclusive time by part: entering a part pauses the one it runs inside, so nothing counts twice."""
+
+    def __init__(self):
+        self.times, self.stack, self.t = defaultdict(float), [], time.perf_counter()
+
+    def switch(self):
+        now = time.perf_counter()
+        if self.stack:
+            self.times[self.stack[-1]] += now - self.t
+        self.t = now
+
+    def push(self, part):
+        self.switch()
+        self.stack.append(part)
+
+    def pop(self, *_):
+        self.switch()
+        self.stack.pop()
+
+    def wrap(self, part, fn):
+        def timed_fn(*args, **kwargs):
+            self.push(part)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.pop()
+        return timed_fn
+
+
+def step_parts(watch, model):
+    """Timers on the model's parts (forward hooks on its modules; RoPE, the loss and Newton-Schulz wrapped)."""
+    kinds = {gpt.MultiHeadAttention: 'forward: attention (with QK-norm)', gpt.FeedForward: 'forward: feed-forward',
+             torch.nn.LayerNorm: 'forward: norms', torch.nn.RMSNorm: 'forward: norms',
+             torch.nn.Embedding: 'forward: embeddings'}
+    for module in model.modules():
+        part = 'forward: head' if module is model.lm_head else kinds.get(type(module))
+        if part:
+            module.register_forward_pre_hook(lambda m, a, part=part: watch.push(part))
+            module.register_forward_hook(watch.pop)
+    gpt.rotate = watch.wrap('forward: RoPE', gpt.rotate)
+    gpt.F.cross_entropy = watch.wrap('forward: the loss (cross-entropy)', gpt.F.cross_entropy)
+    muon.newton_schulz = watch.wrap('Muon: Newton-Schulz', muon.newton_schulz)
+
+
+def profiled_step(watch, run, model, optimizers, data, state):
+    """gpt.train_step's work, each piece timed."""
+    T = model.block_size
+    for micro in range(gpt.gradient_accumulation_steps):
+        watch.push('data: get_batch')
+        x, y = gpt.get_batch(data.train, data.train.random_starts((gpt.batch_size,), T, state.data_rng), T, run.dev)
+        watch.switch()
+        watch.stack[-1] = 'forward: the rest (residual adds, dropout, Python)'
+        with run.ctx:
+            _, loss = model(x, y)
+        watch.stack[-1] = 'backward'
+        run.scaler.scale(loss / gpt.gradient_accumulation_steps).backward()
+        watch.pop()
+    watch.push('gradient clip')
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], gpt.grad_clip)
+    watch.pop()
+    for opt in optimizers:
+        watch.push(f"{type(opt).__name__}: the rest" if isinstance(opt, muon.Muon) else f"{type(opt).__name__} step")
+        run.scaler.step(opt)
+        opt.zero_grad(set_to_none=True)
+        watch.pop()
+
+
+def profile_training(dev):
+    """Where a training step of the configured model goes, on the real data: a table by part."""
+    run = gpt.setup_processes()
+    data = gpt.load_data(gpt.dataset)
+    with tempfile.TemporaryDirectory() as tmp:
+        gpt.out_dir = tmp  # nothing is saved; this keeps make_optimizers from pointing at out/
+        model, state = gpt.build_model(run, data)
+        optimizers = gpt.make_optimizers(run, model, state)
+    plain = []
+    for i in range(3 + profile_steps):  # the step as gpt.py runs it, untimed inside
+        t0 = time.perf_counter()
+        gpt.train_step(run, model, model, optimizers, data, state)
+        plain.append(time.perf_counter() - t0)
+    watch = Stopwatch()
+    step_parts(watch, model)
+    for i in range(3 + profile_steps):
+        if i == 3:
+            watch.times.clear()
+            t0 = time.perf_counter()
+        profiled_step(watch, run, model, optimizers, data, state)
+    step = (time.perf_counter() - t0) / profile_steps
+    tokens = gpt.batch_size * model.block_size * gpt.gradient_accumulation_steps
+    print(f"\nprofile: {state.model_args}, {tokens:,} tokens a step, device {dev}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"a step: {1000 * statistics.median(plain[3:]):.1f} ms as gpt.py runs it (median of {profile_steps}), "
+          f"{1000 * step:.1f} ms with the timers\n")
+    print('| part | ms a step | share |\n|---|---|---|')
+    for part, t in sorted(watch.times.items(), key=lambda kv: -kv[1]):
+        print(f"| {part} | {1000 * t / profile_steps:.1f} | {100 * t / profile_steps / step:.0f}% |")
+
+
+def main(gpt_args):
+    dev = gpt.pick_device(gpt.device)
+    if profile:
+        return profile_training(dev)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if train:
+            rows, ckpt = bench_training(gpt_args, tmp)
+            model_args = ckpt['model_args']
+        else:
+            model_args = {k: getattr(gpt, k) for k in ('block_size', 'n_layer', 'n_head', 'n_embd', 'rope', 'rmsnorm',
+                                                       'qk_norm', 'relu2', 'tie_weights', 'bias', 'relu')}
+            model_args['vocab_size'] = 65
+    model = gpt.GPT(**model_args).to(dev).eval()
+    if train:
+        model.load_state_dict(ckpt['model'])
+    rows += bench_sampling(model, dev)
     print(f"\nbench: {model_args}, device {dev}, torch {torch.__version__}")
     print('| measure | value |\n|---|---|')
     for name, value in rows:
