@@ -40,6 +40,7 @@ gen_repeats = 3  # timings per setting; the median is reported
 peak_flops = 0.0  # your device's peak FLOP/s, for an MFU estimate where gpt.py knows none (CPUs)
 profile = False  # True: where a training step's time goes, by part, instead of the benchmark
 profile_steps = 20  # optimizer steps timed by the profile (after 3 to warm up)
+ns_fp32 = False  # Muon's Newton-Schulz in fp32 even on a CPU with native bf16 (to compare the two)
 # -----------------------------------------------------------------------------
 
 
@@ -185,6 +186,8 @@ def profiled_step(watch, run, model, optimizers, data, state):
 
 def profile_training(dev):
     """Where a training step of the configured model goes, on the real data: a table by part."""
+    if ns_fp32:
+        muon.NS_DTYPE['cpu'] = torch.float32
     run = gpt.setup_processes()
     data = gpt.load_data(gpt.dataset)
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,7 +209,7 @@ def profile_training(dev):
     step = (time.perf_counter() - t0) / profile_steps
     tokens = gpt.batch_size * model.block_size * gpt.gradient_accumulation_steps
     print(f"\nprofile: {state.model_args}, {tokens:,} tokens a step, device {dev}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, Newton-Schulz in {muon.NS_DTYPE['cpu']}")
     print(f"a step: {1000 * statistics.median(plain[3:]):.1f} ms as gpt.py runs it (median of {profile_steps}), "
           f"{1000 * step:.1f} ms with the timers\n")
     print('| part | ms a step | share |\n|---|---|---|')

@@ -253,3 +253,17 @@ def test_attention_weights_of_the_explicit_path():
     att = model.blocks[1].attn.att  # (B, nh, T, T)
     assert att.shape == (1, 2, 10, 10) and torch.allclose(att.sum(-1), torch.ones(1, 2, 10))
     assert (att.triu(1) == 0).all()  # nothing looks ahead
+
+
+def test_newton_schulz_in_bf16_is_the_fp32_update_within_a_few_percent():
+    # Muon runs Newton-Schulz in bf16 on CPUs that multiply bf16 in hardware (muon.NS_DTYPE)
+    import muon
+    torch.manual_seed(0)
+    for shape in ((384, 128), (128, 128), (128, 512)):
+        G = torch.randn(*shape)
+        fp32, bf16 = muon.newton_schulz(G), muon.newton_schulz(G.bfloat16()).float()
+        assert bf16.shape == shape and ((bf16 - fp32).norm() / fp32.norm()).item() < 0.05
+        s = torch.linalg.svdvals(fp32)
+        assert 0.1 < s.min() and s.max() < 1.25  # singular values pushed towards 1, in both
+        assert torch.linalg.svdvals(bf16).max() < 1.25
+    assert muon.NS_DTYPE['cpu'] in (torch.float32, torch.bfloat16)
