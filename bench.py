@@ -111,6 +111,14 @@ def bench_sampling(model, dev):
     for kind in ('fp32', 'int8', 'nf4'):
         rows.append((f'weights read per cached token, {kind}', f"{read[kind] / 2**20:.2f} MiB: "
                      f"{read[kind] * rate[kind, True] / 1e9:.1f} GB/s"))
+    # int8's matmul also rounds the activations: do its greedy tokens stay those of its own weights in fp32?
+    dequantized = copy.deepcopy(model)
+    for q, d in zip(models['int8'].modules(), dequantized.modules()):
+        if isinstance(q, quant.Int8Linear):
+            d.weight.data = q.dequantize()
+    greedy = [m.generate(prompt, gen_tokens, temperature=0) for m in (models['int8'], dequantized)]
+    rows.append((f'int8: the same {gen_tokens} greedy tokens as its weights dequantized to fp32',
+                 'yes' if torch.equal(*greedy) else f"no, from token {(greedy[0] != greedy[1]).nonzero()[0, 1].item()}"))
     rows.append(("this machine's copy bandwidth (256 MB clone, read + write)",
                  f"{2 * big.numel() * 4 / copy_s / 1e9:.1f} GB/s"))
     return rows
