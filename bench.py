@@ -118,7 +118,7 @@ def bench_sampling(model, dev):
             d.weight.data = q.dequantize()
     greedy = [m.generate(prompt, gen_tokens, temperature=0) for m in (models['int8'], dequantized)]
     rows.append((f'int8: the same {gen_tokens} greedy tokens as its weights dequantized to fp32',
-                 'yes' if torch.equal(*greedy) else f"no, from token {(greedy[0] != greedy[1]).nonzero()[0, 1].item()}"))
+                 'yes' if torch.equal(*greedy) else f"no: from token {(greedy[0] != greedy[1]).nonzero()[0, 1]}"))
     rows.append(("this machine's copy bandwidth (256 MB clone, read + write)",
                  f"{2 * big.numel() * 4 / copy_s / 1e9:.1f} GB/s"))
     return rows

@@ -136,11 +136,13 @@ def main(paths):
         val = [(r[key], r[val_key]) for r in rows if r['kind'] == 'eval' and r[val_key] is not None]
         final = [(r[key], r[val_key]) for r in rows if r['kind'] == 'final' and r[val_key] is not None]
         if not val and not final:
-            die(f"the log of '{name}' has no {'val loss' if y == 'loss' else 'val bpb (it is older than that column)'} to plot")
+            what = 'val loss' if y == 'loss' else 'val bpb (it is older than that column)'
+            die(f"the log of '{name}' has no {what} to plot")
         if train:
             ax.plot(*zip(*train), '.', color=color, alpha=0.25, markersize=3)
         if val:
-            ax.plot(*zip(*val), '-', color=color, label=f"{name}: val" + (f" (final {final[-1][1]:.3f})" if final else ''))
+            label = f"{name}: val" + (f" (final {final[-1][1]:.3f})" if final else '')
+            ax.plot(*zip(*val), '-', color=color, label=label)
         if final:
             ax.plot(*final[-1], '*', color=color, markersize=12)
     ax.set_xlabel({'tokens': 'tokens trained on', 'time': 'seconds of training', 'iter': 'optimizer steps'}[x])
