@@ -13,7 +13,7 @@ import os
 import torch
 import torch.nn as nn
 
-from quant import swap_linears
+from quant import quantize_model, swap_linears
 
 
 class LoRALinear(nn.Module):
@@ -71,7 +71,6 @@ def adapt(model, settings, adapters=None):
     """The model as a LoRA run trains it: frozen (its base in 4 or 8 bits for QLoRA), each Linear in the
     blocks wrapped with an update, and the saved adapters loaded if there are any."""
     if settings['quantize']:
-        from quant import quantize_model
         quantize_model(model, settings['quantize'])
     add_lora(model, settings['rank'], settings['alpha'])
     if adapters is not None:
@@ -80,9 +79,10 @@ def adapt(model, settings, adapters=None):
 
 
 def summary(model, settings):
-    """The line that says how much of the model a LoRA run trains."""
+    """The line that says how much of the model a LoRA run trains (a 4- or 8-bit base's weights count too)."""
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    n_all = sum(p.numel() for p in model.parameters())
+    n_all = sum(p.numel() for p in model.parameters()) + sum(m.in_features * m.out_features for m in model.modules()
+                                                             if hasattr(m, 'dequantize'))
     base = f" on a {settings['quantize']} base" if settings['quantize'] else ''
     return f"LoRA rank {settings['rank']}{base}: training {n_train:,} of {n_all:,} parameters " \
            f"({100 * n_train / n_all:.2f}%)"

@@ -191,3 +191,16 @@ def test_fine_tune_refusals(base, args, message):
                                      if '--init_from=resume' not in args else
                                      run(base, 'gpt.py', *TINY, '--max_iters=40', *args))
     assert (base / 'out' / 'ckpt.pt').read_bytes() == before
+
+
+def test_lora_summary_counts_a_quantized_base_as_its_weights():
+    # "training N of M parameters": M is the same whether the frozen base is fp32 or 4-bit
+    lines = []
+    for quantize in ('', 'nf4'):
+        m = base_model()
+        n_base = sum(p.numel() for p in m.parameters())
+        lora.adapt(m, {'rank': 4, 'alpha': 8.0, 'quantize': quantize})
+        lines.append(lora.summary(m, {'rank': 4, 'quantize': quantize}))
+        n_train = sum(p.numel() for p in m.parameters() if p.requires_grad)
+        assert f"training {n_train:,} of {n_base + n_train:,} parameters" in lines[-1]
+    assert lines[1] == lines[0].replace('LoRA rank 4:', 'LoRA rank 4 on a nf4 base:')
