@@ -102,7 +102,7 @@ def quantize_model(model, kind):
 
 
 def weight_bytes(model):
-    """Bytes of the blocks' Linear weights as stored: fp32, or codes plus scales."""
+    """Bytes of the blocks' Linear weights (and biases, if any) as stored: fp32, or codes plus scales."""
     return sum(b.numel() * b.element_size() for m in model.blocks.modules() for n, b in
                [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
                if isinstance(m, (nn.Linear, Int8Linear, NF4Linear)) and n != 'code')
