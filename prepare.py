@@ -53,10 +53,10 @@ def write_atomic(files):
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-    except OSError as e:
-        for path in files:
-            if os.path.lexists(path + '.tmp'):
-                os.remove(path + '.tmp')
+    except OSError as e:  # path is the file that failed
+        for written in files:
+            if os.path.lexists(written + '.tmp'):
+                os.remove(written + '.tmp')
         die(f"could not write {path} ({e.strerror or e}); nothing was changed, and nothing partial is left")
     for path in files:
         os.replace(path + '.tmp', path)

@@ -118,7 +118,7 @@ def test_full_disk_while_preparing_keeps_the_old_dataset(proj):
     os.symlink('/dev/full', folder / 'val.bin.tmp')
     (proj / 'other.txt').write_text('abcdefghij\n' * 200)
     msg = one_line_error(run(proj, 'prepare.py', '--input=other.txt'))
-    assert 'No space left on device' in msg and 'nothing was changed' in msg
+    assert 'No space left on device' in msg and 'nothing was changed' in msg and 'val.bin' in msg
     assert {f.name: f.read_bytes() for f in folder.iterdir()} == before  # no new train.bin beside the old meta.json
 
 
