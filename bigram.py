@@ -20,7 +20,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from configurator import configure, knobs
-from tokenizer import from_description
+from tokenizer import description_in, from_description
 
 # -----------------------------------------------------------------------------
 dataset = 'shakespeare_char'  # reads data/<dataset>/ (made by prepare.py)
@@ -79,9 +79,8 @@ def load_data(dataset):
         die(f"dataset '{dataset}' is not prepared in {folder} ({type(e).__name__}); run: python prepare.py")
     if meta.get('format', 'text') != 'text':
         die(f"dataset '{dataset}' holds instruction pairs: a bigram has no prompt to follow; train gpt.py on it")
-    legacy = {'type': 'char', 'chars': meta.get('chars')}  # meta.json from before tokenizer.py held only 'chars'
     try:
-        tok = from_description(meta.get('tokenizer', legacy))
+        tok = from_description(description_in(meta))
     except ValueError as e:
         die(f"{folder}/meta.json has a malformed tokenizer ({e}); rerun prepare.py for this dataset")
     for name, split in splits.items():  # files from another preparation than meta.json's
@@ -154,7 +153,7 @@ def load_checkpoint(path, model_type, tok=None):
         die(f"{path} is not a loadable checkpoint ({type(e).__name__}); nothing in it ran")
     if not isinstance(ckpt, dict) or ckpt.get('model_type') != model_type or 'model_args' not in ckpt:
         die(f"{path} is not a {model_type} checkpoint")
-    theirs = ckpt['tokenizer'] if 'tokenizer' in ckpt else {'type': 'char', 'chars': ckpt.get('chars')}  # older: chars
+    theirs = description_in(ckpt)
     if tok is not None and theirs != tok.describe():
         die(f"{path} was trained on another vocabulary than dataset '{dataset}'; train a new bigram on it")
     return ckpt

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint as recompute
 
 from configurator import configure, knobs
-from tokenizer import from_description
+from tokenizer import description_in, from_description
 
 
 # -----------------------------------------------------------------------------
@@ -145,9 +145,8 @@ def load_data(dataset):
                 splits[name] = PairSplit(ids, mask)
     except (OSError, ValueError) as e:
         die(f"dataset '{dataset}' is not prepared in {folder} ({type(e).__name__}); run: python prepare.py")
-    legacy = {'type': 'char', 'chars': meta.get('chars')}  # meta.json from before tokenizer.py held only 'chars'
     try:
-        tok = from_description(meta.get('tokenizer', legacy))
+        tok = from_description(description_in(meta))
     except ValueError as e:
         die(f"{folder}/meta.json has a malformed tokenizer ({e}); rerun prepare.py for this dataset")
     for name, split in splits.items():  # files from another preparation than meta.json's
@@ -421,7 +420,7 @@ def load_checkpoint(path, model_type, tok=None):
         die(f"{path} is not a loadable checkpoint: truncated or not a torch file ({type(e).__name__})")
     if not isinstance(ckpt, dict) or ckpt.get('model_type') != model_type or 'model_args' not in ckpt:
         die(f"{path} is not a {model_type} checkpoint written by {model_type}.py")
-    theirs = ckpt['tokenizer'] if 'tokenizer' in ckpt else {'type': 'char', 'chars': ckpt.get('chars')}  # older: chars
+    theirs = description_in(ckpt)
     if tok is not None and theirs != tok.describe():
         name = lambda d: f"{d.get('type')}, {len(d.get('chars') or d.get('merges') or [])} chars or merges"
         die(f"{path} was trained on another vocabulary ({name(theirs)}) than dataset '{dataset}' "

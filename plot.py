@@ -81,11 +81,11 @@ def attention_maps(path, text):
     explicit attention path of the model in the checkpoint (the same numbers as its fast path)."""
     import torch
     import gpt
-    from tokenizer import from_description
+    from tokenizer import description_in, from_description
     if not text:
         die("--prompt must not be empty")
     ckpt = gpt.load_checkpoint(path, 'gpt')  # one line for a missing, damaged or foreign file
-    tok = from_description(ckpt['tokenizer'] if 'tokenizer' in ckpt else {'type': 'char', 'chars': ckpt.get('chars')})
+    tok = from_description(description_in(ckpt))
     if tok.unknown(text):
         die(f"the prompt has characters that are not in the model's vocabulary: {tok.unknown(text)}")
     model = gpt.GPT(**ckpt['model_args']).eval()

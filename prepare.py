@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 from configurator import configure
-from tokenizer import BPETokenizer, CharTokenizer, from_description
+from tokenizer import BPETokenizer, CharTokenizer, description_in, from_description
 
 # -----------------------------------------------------------------------------
 input = ''  # a local UTF-8 text file (JSONL with format='pairs'); empty means download `url`
@@ -153,7 +153,7 @@ def load_tokenizer(name):
     try:
         with open(os.path.join(ROOT, 'data', name, 'meta.json'), encoding='utf-8') as f:
             meta = json.load(f)
-        return from_description(meta['tokenizer'] if 'tokenizer' in meta else {'type': 'char', 'chars': meta['chars']})
+        return from_description(description_in(meta))
     except (OSError, ValueError, KeyError) as e:
         die(f"--tokenizer_from={name}: data/{name}/meta.json is missing or malformed ({e}); prepare that dataset first")
 

@@ -147,6 +147,11 @@ class BPETokenizer:
         return {'type': 'bpe', 'merges': [list(p) for p in self.merges], 'pattern': self.pattern}
 
 
+def description_in(record):
+    """The tokenizer's description in a meta.json or a checkpoint; older ones held only the char list."""
+    return record['tokenizer'] if 'tokenizer' in record else {'type': 'char', 'chars': record.get('chars')}
+
+
 def from_description(desc):
     """A tokenizer from describe()'s dict (as meta.json and checkpoints hold it); ValueError if malformed."""
     kind = desc.get('type') if isinstance(desc, dict) else None
