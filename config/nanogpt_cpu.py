@@ -3,6 +3,7 @@
 #   python gpt.py config/nanogpt_cpu.py
 out_dir = 'out-nanogpt-cpu'
 device = 'cpu'
+dtype = 'float32'  # nanoGPT's train.py runs a CPU in float32 (autocast only on GPUs)
 n_layer = 4
 n_head = 4
 n_embd = 128

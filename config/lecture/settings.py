@@ -8,6 +8,7 @@ gradient_accumulation_steps = 1
 block_size = 8
 n_embd = 32
 dropout = 0.0
+dtype = 'float32'  # the lecture's precision, on every machine (dtype='auto' picks bf16 on some CPUs)
 optimizer = 'adamw'
 learning_rate = 1e-3
 min_lr = 1e-3  # = learning_rate: no decay
