@@ -228,7 +228,10 @@ class MultiHeadAttention(nn.Module):
         if self.use_sdpa:  # fused kernels (flash attention on GPUs); is_causal masks top-left, so only for T == L
             # one new query (cached sampling) sees every key: no mask to build
             mask = None if T == L or T == 1 else torch.ones(T, L, dtype=torch.bool, device=x.device).tril(L - T)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=T == L)
+            with torch.autocast('cpu', enabled=False):  # on a CPU in fp32: its fused bf16 backward is ~5x slower
+                if x.device.type == 'cpu':
+                    q, k, v = q.float(), k.float(), v.float()
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=T == L)
         else:
             att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, T, L)
             causal = torch.ones(T, L, dtype=torch.bool, device=x.device).tril(L - T)  # query t sees keys <= t

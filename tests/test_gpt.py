@@ -79,6 +79,22 @@ def test_sdpa_agrees_with_explicit_attention():
         assert torch.allclose(logits[:, -1], fast[:, 12], atol=1e-5)
 
 
+def test_cpu_attention_runs_in_fp32_under_bf16_autocast(monkeypatch):
+    # torch's fused bf16 attention backward on a CPU is several times slower than fp32's, so gpt.py gives it
+    # fp32 even under autocast; the rest of the model still runs in bf16
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention',
+                        lambda q, k, v, **kw: seen.append((q.dtype, k.dtype, v.dtype)) or sdpa(q, k, v, **kw))
+    model = tiny()
+    idx = torch.randint(V, (3, 16))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        logits, loss = model(idx, idx)
+    loss.backward()
+    assert seen == [(torch.float32,) * 3] * 2 and logits.dtype == torch.bfloat16
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 @pytest.mark.parametrize('temperature, top_k, top_p', [(1.0, 0, 1.0), (0.8, 5, 0.9), (0.0, 0, 1.0)])
 def test_cached_generation_equals_uncached(temperature, top_k, top_p):
     model = tiny(block_size=32).eval()
