@@ -115,9 +115,8 @@ def pick_device(name):
 
 
 def pick_dtype(dev_type, cpuinfo='/proc/cpuinfo'):
-    """dtype='auto', and why: bf16 autocast on GPUs that have it, else fp16 (with a gradient scaler) on CUDA. On a
-    CPU, bf16 only where it was measured to win: 14-15% more steps a second than fp32 on a 2-core AMD EPYC with
-    AVX512-BF16 (docs/profile.md), but 1.6x fewer on a Xeon with AMX (issue #21); elsewhere it is emulated."""
+    """dtype='auto', and why: bf16 autocast on GPUs that have it, else fp16 (with a gradient scaler) on CUDA; on a
+    CPU, bf16 where it measured faster end to end: AVX512-BF16 without AMX (docs/profile.md)."""
     if dev_type != 'cpu':
         return ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16', 'GPU autocast') if dev_type == 'cuda' \
             else ('float32', 'MPS default')
@@ -229,8 +228,7 @@ class MultiHeadAttention(nn.Module):
             # one new query (cached sampling) sees every key: no mask to build
             mask = None if T == L or T == 1 else torch.ones(T, L, dtype=torch.bool, device=x.device).tril(L - T)
             with torch.autocast('cpu', enabled=False):  # on a CPU in fp32: its fused bf16 backward is ~5x slower
-                if x.device.type == 'cpu':
-                    q, k, v = q.float(), k.float(), v.float()
+                q, k, v = (t.float() for t in (q, k, v)) if x.device.type == 'cpu' else (q, k, v)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=T == L)
         else:
             att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, T, L)
