@@ -120,7 +120,7 @@ def pick_dtype(dev_type, cpuinfo='/proc/cpuinfo'):
     if dev_type != 'cpu':
         return ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16', 'GPU autocast') if dev_type == 'cuda' \
             else ('float32', 'MPS default')
-    flags = open(cpuinfo, errors='replace').read().split() if os.path.isfile(cpuinfo) else []
+    flags = open(cpuinfo, errors='replace').read().split() if os.access(cpuinfo, os.R_OK) else []
     if 'avx512_bf16' in flags and 'amx_bf16' not in flags:
         return 'bfloat16', 'autocast: measured faster than float32 on CPUs with AVX512-BF16; --dtype=float32 for exact'
     return 'float32', 'bf16 autocast measured slower on CPUs with AMX' if 'amx_bf16' in flags else 'no bf16 hardware'
