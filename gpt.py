@@ -115,8 +115,7 @@ def pick_device(name):
 
 
 def pick_dtype(dev_type, cpuinfo='/proc/cpuinfo'):
-    """dtype='auto', and why: bf16 autocast on GPUs that have it, else fp16 (with a gradient scaler) on CUDA; on a
-    CPU, bf16 where it measured faster end to end: AVX512-BF16 without AMX (docs/profile.md)."""
+    """dtype='auto', and why: autocast on CUDA; on a CPU, bf16 only where it measured faster (docs/profile.md)."""
     if dev_type != 'cpu':
         return ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16', 'GPU autocast') if dev_type == 'cuda' \
             else ('float32', 'MPS default')
@@ -316,10 +315,8 @@ class GPT(nn.Module):
         B, T = idx.size()
         start = cache.pos if cache is not None else 0
         x = self.wte(idx)  # (B, T, C)
-        rope = None
-        if self.rope:
-            rope = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
-        elif self.pos:
+        rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T]) if self.rope else None
+        if self.pos and not self.rope:
             x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
         x = self.drop(x)
         for layer, block in enumerate(self.blocks):
@@ -460,7 +457,6 @@ def full_weights(path, ckpt, tok, merge=True):
 # ---------------------------------------------------------- the steps of a run
 def check_config(data):
     """One clear line for each setting that cannot work, before anything is built or written."""
-    n_train, n_val = len(data.train.ids), len(data.val.ids)
     problems = [
         (init_from in ('scratch', 'resume') or os.path.isfile(os.path.join(ROOT, init_from)),
          f"init_from must be 'scratch', 'resume' or a checkpoint's path; there is no file '{init_from}'"),
@@ -469,9 +465,6 @@ def check_config(data):
          "n_layer, n_head, n_embd, block_size, batch_size, gradient_accumulation_steps, eval_interval, "
          "eval_iters, log_interval and num_samples must be positive"),
         (n_embd % n_head == 0, f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})"),
-        # from a checkpoint, the block size is the checkpoint's: build_model checks that one
-        (init_from != 'scratch' or block_size < min(n_train, n_val),
-         f"block_size ({block_size}) must be shorter than both splits ({n_train:,} and {n_val:,} tokens)"),
         (min(max_iters, max_time, max_new_tokens, warmup_iters, lr_decay_iters, grad_clip, weight_decay) >= 0,
          "max_iters, max_time, max_new_tokens, warmup_iters, lr_decay_iters, grad_clip and weight_decay "
          "must not be negative"),
@@ -490,8 +483,7 @@ def check_config(data):
         (quantize in ('', 'int8', 'nf4'), f"quantize must be '', 'int8' or 'nf4', not '{quantize}'"),
         (lora_rank >= 0, f"lora_rank must be >= 0 (0 is off), not {lora_rank}"),
         (lora_alpha > 0, f"lora_alpha must be > 0, not {lora_alpha}"),
-        (lora_rank == 0 or init_from != 'scratch', "lora_rank > 0 adapts a trained model: give its checkpoint "
-                                                   "as --init_from=PATH"),
+        (not lora_rank or init_from != 'scratch', "lora_rank > 0 adapts a trained model: --init_from=its checkpoint"),
         (not eval_only or init_from != 'scratch', "eval_only needs a model: --init_from=resume or a checkpoint's path"),
     ]
     for ok, msg in problems:
@@ -558,9 +550,12 @@ def build_model(run, data):
             from lora import sha256
             state.lora = {'rank': lora_rank, 'alpha': lora_alpha, 'quantize': quantize}
             state.base = {'path': os.path.realpath(path), 'sha256': sha256(path)}
-    if state.ckpt is not None or weights is not None:  # the architecture is the checkpoint's
+    if weights is not None:  # the architecture is the checkpoint's
         state.model_args = {**ckpt['model_args'], 'dropout': dropout}
         state.template = state.template or ckpt.get('template', {})
+    T, n_train, n_val = state.model_args['block_size'], len(data.train.ids), len(data.val.ids)
+    if T >= min(n_train, n_val):  # the knob's, or a checkpoint's
+        die(f"the model's block_size ({T}) must be shorter than both splits ({n_train:,} and {n_val:,} tokens)")
     model = GPT(**state.model_args)
     run.log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {state.model_args}")
     if weights is not None:
@@ -570,10 +565,6 @@ def build_model(run, data):
         adapt(model, state.lora, state.ckpt['model'] if state.ckpt is not None else None)
         run.log(summary(model, state.lora))
     model.gradient_checkpointing = gradient_checkpointing
-    T = state.model_args['block_size']
-    if T >= min(len(data.train.ids), len(data.val.ids)):
-        die(f"the model's block_size ({T}) must be shorter than both splits "
-            f"({len(data.train.ids):,} and {len(data.val.ids):,} tokens)")
     return model.to(run.dev), state
 
 
@@ -665,8 +656,8 @@ def compile_and_wrap(run, model, data):
                 ix = data.train.random_starts((batch_size,), model.block_size, torch.Generator())
                 compiled(*get_batch(data.train, ix, model.block_size, run.dev))
         except Exception as e:
-            run.log(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:100]}); "
-                    f"running eagerly")
+            first = next(iter(str(e).splitlines()), '')[:100]  # a message may be empty, or many lines long
+            run.log(f"warning: torch.compile failed ({type(e).__name__}: {first}); running eagerly")
             compiled = model
     if not run.ddp:
         return compiled, compiled

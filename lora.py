@@ -13,7 +13,7 @@ import os
 import torch
 import torch.nn as nn
 
-from quant import quantize_model, swap_linears
+from quant import QuantizedLinear, quantize_model, swap_linears
 
 
 class LoRALinear(nn.Module):
@@ -82,7 +82,7 @@ def summary(model, settings):
     """The line that says how much of the model a LoRA run trains (a 4- or 8-bit base's weights count too)."""
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters()) + sum(m.in_features * m.out_features for m in model.modules()
-                                                             if hasattr(m, 'dequantize'))
+                                                             if isinstance(m, QuantizedLinear))
     base = f" on a {settings['quantize']} base" if settings['quantize'] else ''
     return f"LoRA rank {settings['rank']}{base}: training {n_train:,} of {n_all:,} parameters " \
            f"({100 * n_train / n_all:.2f}%)"

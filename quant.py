@@ -12,16 +12,26 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 
-class Int8Linear(nn.Module):
-    """A Linear whose weight is int8 with one absmax scale per output row: w ~ code * absmax / 127."""
+class QuantizedLinear(nn.Module):
+    """What the two share: the Linear's shape and bias, and a matmul with the weight dequantized to float."""
 
     def __init__(self, linear):
         super().__init__()
-        w = linear.weight.detach().float()
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.bias = linear.bias  # None, or kept as it is (the lecture's model has biases)
+
+    def forward(self, x):
+        return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+class Int8Linear(QuantizedLinear):
+    """A Linear whose weight is int8 with one absmax scale per output row: w ~ code * absmax / 127."""
+
+    def __init__(self, linear):
+        super().__init__(linear)
+        w = linear.weight.detach().float()
         self.register_buffer('scale', w.abs().amax(dim=1).clamp(min=1e-12) / 127)  # (out,)
         self.register_buffer('qweight', torch.round(w / self.scale[:, None]).to(torch.int8))  # (out, in)
-        self.bias = linear.bias  # None, or kept as it is (the lecture's model has biases)
         self.packed = None  # fbgemm's prepacked copy, made on first use on a CPU
 
     def dequantize(self):
@@ -41,7 +51,7 @@ class Int8Linear(nn.Module):
                                                    torch.zeros_like(self.scale, dtype=torch.long), 0, torch.qint8)
                 self.packed = torch.ops.quantized.linear_prepack(q, None if self.bias is None else self.bias.detach())
             return torch.ops.quantized.linear_dynamic(x.float(), self.packed).to(x.dtype)
-        return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        return super().forward(x)
 
 
 def nf4_code():
@@ -56,30 +66,25 @@ def nf4_code():
     return (code / code.abs().max()).float()
 
 
-class NF4Linear(nn.Module):
+class NF4Linear(QuantizedLinear):
     """A Linear whose weight is NF4: blocks of 64 weights, each block scaled by its absmax into [-1, 1]
     and rounded to the nearest of the 16 NF4 values; two 4-bit codes are packed into each byte.
     It dequantizes to float for every matmul: it saves memory, not time (this is the readable version)."""
     block = 64
 
     def __init__(self, linear):
-        super().__init__()
+        super().__init__(linear)
         w = linear.weight.detach().float()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
         flat = F.pad(w.flatten(), (0, -w.numel() % self.block)).view(-1, self.block)  # (n_blocks, 64)
         self.register_buffer('absmax', flat.abs().amax(dim=1, keepdim=True).clamp(min=1e-12))
         self.register_buffer('code', nf4_code())
         codes = torch.bucketize(flat / self.absmax, (self.code[1:] + self.code[:-1]) / 2)  # the nearest value
         self.register_buffer('packed', (codes[:, 0::2] << 4 | codes[:, 1::2]).to(torch.uint8))  # (n_blocks, 32)
-        self.bias = linear.bias  # None, or kept as it is
 
     def dequantize(self):
         codes = torch.stack((self.packed >> 4, self.packed & 15), dim=-1).flatten(1).long()  # (n_blocks, 64)
         w = (self.code[codes] * self.absmax).flatten()[:self.in_features * self.out_features]
         return w.view(self.out_features, self.in_features)
-
-    def forward(self, x):
-        return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
 def swap_linears(model, make):
@@ -105,4 +110,4 @@ def weight_bytes(model):
     """Bytes of the blocks' Linear weights (and biases, if any) as stored: fp32, or codes plus scales."""
     return sum(b.numel() * b.element_size() for m in model.blocks.modules() for n, b in
                [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
-               if isinstance(m, (nn.Linear, Int8Linear, NF4Linear)) and n != 'code')
+               if isinstance(m, (nn.Linear, QuantizedLinear)) and n != 'code')
