@@ -111,12 +111,14 @@ def bench_sampling(model, dev):
     for kind in ('fp32', 'int8', 'nf4'):
         rows.append((f'weights read per cached token, {kind}', f"{read[kind] / 2**20:.2f} MiB: "
                      f"{read[kind] * rate[kind, True] / 1e9:.1f} GB/s"))
-    # int8's matmul also rounds the activations: do its greedy tokens stay those of its own weights in fp32?
+    # int8 is weight-only on either road: its greedy tokens should be those of its weights dequantized to fp32
     dequantized = copy.deepcopy(model)
     for q, d in zip(models['int8'].modules(), dequantized.modules()):
         if isinstance(q, quant.Int8Linear):
             d.weight.data = q.dequantize()
     greedy = [m.generate(prompt, gen_tokens, temperature=0) for m in (models['int8'], dequantized)]
+    rows.append(('int8 road on this CPU', 'the int8 kernel (exact here: VNNI)' if quant.int8_kernel_is_exact()
+                 else "fp32 (this CPU's int8 kernel is not exact: no VNNI)"))
     rows.append((f'int8: the same {gen_tokens} greedy tokens as its weights dequantized to fp32',
                  'yes' if torch.equal(*greedy) else f"no: from token {(greedy[0] != greedy[1]).nonzero()[0, 1]}"))
     rows.append(("this machine's copy bandwidth (256 MB clone, read + write)",

@@ -5,7 +5,7 @@ The Linear layers inside the blocks are swapped for versions that store each wei
 code plus a float scale for a group of weights; embeddings, head and norms stay as they are.
 gpt.py imports this only when --quantize (or a QLoRA run) asks for it. It never imports gpt.
 """
-import warnings
+import functools
 
 import torch
 import torch.nn as nn
@@ -25,33 +25,61 @@ class QuantizedLinear(nn.Module):
 
 
 class Int8Linear(QuantizedLinear):
-    """A Linear whose weight is int8 with one absmax scale per output row: w ~ code * absmax / 127."""
+    """A Linear whose weight is int8 with one absmax scale per output row: w ~ code * absmax / 127.
+
+    Weight-only: the activations stay as they are, and every path computes x @ dequantize()^T (plus the
+    bias). On a CPU whose int8 matmul is exact (int8_kernel_is_exact: VNNI), evaluating and sampling take
+    a faster road to the same numbers: each token's row of x becomes 22-bit integer codes with its own
+    scale (rounding at 2**-21 of the row's largest value, about fp32's own precision), cut into three int8
+    pieces, and one int8 matmul against the codes reads the weights once for all three. Elsewhere, and
+    wherever gradients flow (LoRA on an int8 base): the codes as floats, then the scales."""
 
     def __init__(self, linear):
         super().__init__(linear)
         w = linear.weight.detach().float()
         self.register_buffer('scale', w.abs().amax(dim=1).clamp(min=1e-12) / 127)  # (out,)
         self.register_buffer('qweight', torch.round(w / self.scale[:, None]).to(torch.int8))  # (out, in)
-        self.packed = None  # fbgemm's prepacked copy, made on first use on a CPU
 
     def dequantize(self):
         return self.qweight.float() * self.scale[:, None]
 
     def forward(self, x):
-        if x.device.type == 'cpu' and not torch.is_grad_enabled() and torch.backends.quantized.engine == 'fbgemm':
-            # Speed: on a CPU, sampling is bound by reading weights, and fp32 reads 4 bytes a weight.
-            # fbgemm's int8 matmul reads 1 (it also rounds each row of x to 8 bits on the fly); it ran
-            # a 6x384 model's token step 6x faster than fp32 here, while dequantize-then-matmul and
-            # torch._weight_int8pack_mm were slower than fp32. So: fbgemm to evaluate and sample, and the
-            # exact dequantized weight wherever gradients flow (LoRA training on an int8 base).
-            if self.packed is None:  # the same int8 codes and scales, in fbgemm's layout
-                with warnings.catch_warnings():  # torch calls its quantized tensors deprecated; the kernel stays
-                    warnings.simplefilter('ignore')
-                    q = torch.quantize_per_channel(self.dequantize(), self.scale.double(),
-                                                   torch.zeros_like(self.scale, dtype=torch.long), 0, torch.qint8)
-                self.packed = torch.ops.quantized.linear_prepack(q, None if self.bias is None else self.bias.detach())
-            return torch.ops.quantized.linear_dynamic(x.float(), self.packed).to(x.dtype)
-        return super().forward(x)
+        if torch.is_grad_enabled() or x.device.type != 'cpu' or not int8_kernel_is_exact():
+            y = F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)  # the scale is per output
+            return y if self.bias is None else y + self.bias.to(x.dtype)
+        rows = x.reshape(-1, self.in_features).float()  # (N, in): a token a row
+        x_scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / (2**21 - 1)  # (N, 1)
+        codes = torch.round(rows / x_scale).int()  # in [-2**21, 2**21): hi * 2**14 + mid * 2**7 + lo
+        pieces = ((codes >> SHIFTS) & MASKS).to(torch.int8)  # (3, N, in): hi in [-128, 127], mid, lo in [0, 127]
+        sums = torch._int_mm(pieces.view(-1, self.in_features), self.qweight.t())  # (3N, out), exact int32
+        y = (sums.view(3, len(rows), -1).float() * PLACES).sum(0) * (x_scale * self.scale)  # (N, out)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+SHIFTS = torch.tensor([14, 7, 0], dtype=torch.int32).view(3, 1, 1)  # where each piece of a code starts
+MASKS = torch.tensor([-1, 127, 127], dtype=torch.int32).view(3, 1, 1)  # the top piece keeps the sign
+PLACES = torch.tensor([2.0**14, 2.0**7, 1.0]).view(3, 1, 1)  # what each piece's sums are worth
+
+
+@functools.cache
+def int8_kernel_is_exact():
+    """Does torch._int_mm (oneDNN) sum int8 products exactly on this CPU? With VNNI (AVX512-VNNI, AVX-VNNI,
+    AMX) it does. Without (AVX2, AVX-512 before VNNI) it adds pairs of products in 16 bits, which overflow
+    on large codes (255 * 127 * 2 > 32767) and give wrong sums, so Int8Linear takes its fp32 road there.
+    Asked of the kernel itself, on the largest codes, for one row and for many."""
+    g = torch.Generator().manual_seed(0)
+    b = (torch.randint(0, 2, (48, 256), generator=g) * 254 - 127).to(torch.int8)  # +-127
+    for n in (1, 40):
+        a = torch.where(torch.rand(n, 256, generator=g) < 0.5, -128, 127).to(torch.int8)
+        a[0] = 127
+        try:
+            if not torch.equal(torch._int_mm(a, b.t()).long(), a.long() @ b.long().t()):
+                return False
+        except RuntimeError:  # a torch without the CPU kernel
+            return False
+    return True
 
 
 def nf4_code():
@@ -97,8 +125,6 @@ def swap_linears(model, make):
 
 def quantize_model(model, kind):
     """Swap the blocks' Linears for their int8 or NF4 versions; return a line that says how much smaller."""
-    if kind == 'int8' and 'fbgemm' in torch.backends.quantized.supported_engines:
-        torch.backends.quantized.engine = 'fbgemm'  # on x86 the default engine runs this matmul 2-4x slower
     fp32 = weight_bytes(model)
     swap_linears(model, {'int8': Int8Linear, 'nf4': NF4Linear}[kind])
     q = weight_bytes(model)

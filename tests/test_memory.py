@@ -1,13 +1,15 @@
 """Memory: int8 and NF4 weights, gradient checkpointing, and the eval-only mode."""
+import copy
 import re
 
 import pytest
 import torch
 import torch.nn as nn
+from torch.nn import functional as F
 
 import gpt
 import quant
-from conftest import TINY, one_line_error, run, val_lines
+from conftest import REPO, TINY, one_line_error, run, run_process, val_lines
 
 # QLoRA's NF4 table as published (bitsandbytes' values)
 NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
@@ -56,12 +58,18 @@ def test_nf4_packs_two_codes_a_byte_and_beats_uniform_4_bit():
     assert nf4_err.sqrt() < 0.1 * linear.weight.pow(2).mean().sqrt()  # about 9% of the weights' size
 
 
+def spread(m, size=0.05):
+    """Trained weights are far from init: give the matrices (and biases) that much spread."""
+    for name, p in m.named_parameters():
+        p.data += (size if p.dim() > 1 else 10 * size if name.endswith('bias') else 0.0) * torch.randn_like(p)
+    return m
+
+
+@pytest.mark.parametrize('size', [0.05, 0.2])  # about a trained model's weights, and 4x that
 @pytest.mark.parametrize('bias', [False, True])  # the lecture's model has biases: they stay as they are
 @pytest.mark.parametrize('kind, bound', [('int8', 0.05), ('nf4', 0.3)])  # weights off by ~0.7% (int8: and its
-def test_quantized_logits_are_close_to_fp32(kind, bound, bias):  # activations rounded on the fly) and ~9%
-    m = model(bias=bias).eval()
-    for name, p in m.named_parameters():  # trained weights are far from init; give them (and biases) some spread
-        p.data += (0.05 if p.dim() > 1 else 0.5 if name.endswith('bias') else 0.0) * torch.randn_like(p)
+def test_quantized_logits_are_close_to_fp32(kind, bound, bias, size):  # activations by ~0.4%) and ~9%
+    m = spread(model(bias=bias).eval(), size)
     idx = torch.randint(65, (4, 32))
     with torch.no_grad():
         ref = m(idx, idx)[0]
@@ -72,13 +80,95 @@ def test_quantized_logits_are_close_to_fp32(kind, bound, bias):  # activations r
     assert fp32 / quant.weight_bytes(m) > {'int8': 3.7, 'nf4': 7.0}[kind] - 0.5 * bias  # scales (and biases) cost a little
 
 
+def test_int8_kernel_is_used_only_where_it_is_exact():
+    """The probe's answer is the kernel's truth on the codes that overflow 16-bit sums (AVX2 without VNNI)."""
+    a = torch.where(torch.rand(64, 1536) < 0.5, -128, 127).to(torch.int8)
+    b = torch.where(torch.rand(96, 1536) < 0.5, -127, 127).to(torch.int8)
+    exact = torch.equal(torch._int_mm(a, b.t()).long(), a.long() @ b.long().t())
+    assert quant.int8_kernel_is_exact() == exact
+
+
+@pytest.mark.parametrize('bias', [False, True])
+def test_int8_roads_agree_with_the_dequantized_weights(bias, monkeypatch):
+    """The int8 kernel's road (where this CPU has it) and the fp32 road (everywhere) both compute
+    x @ dequantize()^T + bias, for one token and many, at large and tiny activations."""
+    torch.manual_seed(0)
+    layer = nn.Linear(1536, 384, bias=bias)
+    layer.weight.data.normal_(0, 0.2)
+    q = quant.Int8Linear(layer)
+    x = torch.randn(2, 33, 1536) * torch.logspace(-3, 3, 33)[:, None]
+    kernel = quant.int8_kernel_is_exact()  # False on CPUs without VNNI: then both are the fp32 road
+    for road in (kernel, False):
+        monkeypatch.setattr(quant, 'int8_kernel_is_exact', lambda: road)
+        with torch.no_grad():
+            ref = F.linear(x.double(), q.dequantize().double(), None if bias is False else layer.bias.double())
+            for y, r in ((q(x), ref), (q(x[:1, :1]), ref[:1, :1])):  # many tokens, and one
+                assert torch.allclose(y.double(), r, rtol=1e-5, atol=1e-5 * r.abs().max())
+
+
+INT8_LAYER = """
+import sys, torch, quant
+torch.manual_seed(0)
+layer = torch.nn.Linear(384, 1152)
+layer.weight.data.normal_(0, 0.2)
+q = quant.Int8Linear(layer)
+with torch.no_grad():
+    y = q(torch.randn(33, 384) * 3)
+torch.save({'fast': quant.int8_kernel_is_exact(), 'y': y}, sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize('isa', ['', 'AVX2'])
+def test_int8_gives_the_same_results_on_every_cpu(isa, tmp_path):
+    """oneDNN limited to AVX2 (no VNNI) behaves as on an AVX2-only CPU: its int8 kernel's sums overflow,
+    so the probe refuses it and the fp32 road runs; the layer's output is the same as this CPU's."""
+    script = tmp_path / 'layer.py'
+    script.write_text(INT8_LAYER)
+    r = run_process(tmp_path, str(script), str(tmp_path / 'y.pt'),
+                    env={'PYTHONPATH': REPO, **({'ONEDNN_MAX_CPU_ISA': isa} if isa else {})})
+    assert r.returncode == 0, r.stderr
+    there = torch.load(tmp_path / 'y.pt')
+    if isa == 'AVX2':
+        assert not there['fast']
+    exec(INT8_LAYER.split('torch.save')[0], scope := {'sys': None})  # the same layer in this process
+    assert torch.allclose(there['y'], scope['y'], rtol=1e-5, atol=1e-5 * scope['y'].abs().max())
+
+
+@pytest.mark.parametrize('kind', ['int8', 'nf4'])
+def test_quantized_results_depend_on_neither_batch_nor_cache(kind):
+    """Each sequence's logits are its own: alone or in a batch (to the bit), fed whole or a token at a time (the
+    cache)."""
+    m = spread(model().eval(), 0.2)
+    quant.quantize_model(m, kind)
+    idx = torch.randint(65, (6, 20))
+    with torch.no_grad():
+        batch = m(idx, idx)[0]
+        alone = torch.cat([m(idx[i:i + 1], idx[i:i + 1])[0] for i in range(6)])
+        cache = gpt.KVCache(2, 6, 2, 32, 32, 'cpu', torch.float32)
+        stepped = torch.cat([m(idx[:, t:t + 1], cache=cache)[0] for t in range(20)], dim=1)
+    assert torch.allclose(batch, alone, atol=1e-5, rtol=0) and torch.allclose(batch, stepped, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize('kind', ['int8', 'nf4'])
 def test_cached_equals_uncached_under_quantization(kind):
-    m = model().eval()
+    m = spread(model().eval(), 0.2)
     quant.quantize_model(m, kind)
     prompt = torch.randint(65, (3, 5))
     a, b = (m.generate(prompt, 25, 1.0, kv_cache=c, generator=torch.Generator().manual_seed(1)) for c in (True, False))
     assert torch.equal(a, b)
+    a, b = (m.generate(prompt, 25, 0.0, kv_cache=c) for c in (True, False))
+    assert torch.equal(a, b)
+
+
+def test_int8_greedy_tokens_are_those_of_its_dequantized_weights():
+    m = spread(model().eval(), 0.1)
+    dequantized = copy.deepcopy(m)
+    quant.quantize_model(m, 'int8')
+    for q, d in zip(m.modules(), dequantized.modules()):
+        if isinstance(q, quant.Int8Linear):
+            d.weight.data = q.dequantize()
+    prompt = torch.randint(65, (4, 3))
+    assert torch.equal(m.generate(prompt, 60, 0.0), dequantized.generate(prompt, 60, 0.0))
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
