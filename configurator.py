@@ -61,11 +61,13 @@ def apply(scope, known, key, value, source):
     if key not in known:
         unknown(key, known)
     scope[key] = coerce(key, value, known[key])
+    scope['CONFIGURED'] = {**scope.get('CONFIGURED', {}), key: source}  # what was set, apart from the defaults
     print(f"config: {key} = {scope[key]!r}  ({source})")
 
 
 def configure(scope, argv):
-    """Override the knobs in `scope` (a script's globals()) from config files and --key=value."""
+    """Override the knobs in `scope` (a script's globals()) from config files and --key=value; the names set,
+    with where from, go in scope['CONFIGURED']."""
     known = knobs(scope)
     for arg in argv:
         if arg in ('-h', '--help'):

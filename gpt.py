@@ -21,6 +21,11 @@ import warnings
 from contextlib import nullcontext
 from types import SimpleNamespace
 
+try:
+    import fcntl  # the out_dir lock; Windows has none, and runs without it
+except ImportError:
+    fcntl = None
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -37,6 +42,7 @@ dataset = 'shakespeare_char'  # reads data/<dataset>/ (made by prepare.py)
 out_dir = 'out'  # checkpoint at <out_dir>/ckpt.pt, CSV log at <out_dir>/log.csv; relative to this file
 init_from = 'scratch'  # 'scratch', 'resume' (from <out_dir>/ckpt.pt), or a checkpoint's path to fine-tune from
 eval_only = False  # with init_from 'resume' or a path: print the whole-split val loss and bpb, then exit
+export = False  # with init_from=PATH and max_iters=0: write its model (a LoRA update merged) to a new out_dir
 device = 'auto'  # 'auto' picks cuda, then mps, then cpu
 dtype = 'auto'  # 'auto': bf16 on GPUs that have it, else fp16 on CUDA; CPUs: see pick_dtype
 compile = 'auto'  # torch.compile the model: 'auto' means on CUDA only; true/false force it
@@ -96,6 +102,7 @@ kv_cache = True  # reuse keys and values of earlier positions while sampling
 stop = ''  # end a sample at this text; '' means none, or the end marker of a dataset of instruction pairs
 # -----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.abspath(__file__))
+CONFIGURED = {}  # the knobs that a config file or the command line set (configurator.py fills it)
 
 
 def die(msg):
@@ -385,7 +392,7 @@ def sample_next(logits, temperature, top_k=0, top_p=1.0, generator=None):
     """One token per row from (B, vocab) logits; temperature 0 takes the most likely."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    logits = (logits.float() - logits.float().amax(dim=-1, keepdim=True)) / temperature  # <= 0: a tiny t can't overflow
     if 0 < top_k < logits.size(-1):
         kth = torch.topk(logits, top_k).values[:, [-1]]
         logits = logits.masked_fill(logits < kth, float('-inf'))
@@ -434,9 +441,11 @@ def load_checkpoint(path, model_type, tok=None):
     theirs = description_in(ckpt)
     if tok is not None and theirs != tok.describe():
         name = lambda d: f"{d.get('type')}, {len(d.get('chars') or d.get('merges') or [])} chars or merges"
-        die(f"{path} was trained on another vocabulary ({name(theirs)}) than dataset '{dataset}' "
-            f"({name(tok.describe())}); encode your text with its tokenizer: python prepare.py --input=FILE "
-            f"--dataset=NAME --tokenizer_from={ckpt.get('config', {}).get('dataset', 'ITS_DATASET')}")
+        its = ckpt.get('config', {}).get('dataset', 'ITS_DATASET')
+        die(f"{path} was trained on another vocabulary, dataset '{its}' ({name(theirs)}), than '{dataset}' "
+            f"({name(tok.describe())}): "
+            f"add --dataset={its}, or encode your text with its tokenizer: python prepare.py --input=FILE "
+            f"--dataset=NAME --tokenizer_from={its}")
     return ckpt
 
 
@@ -464,7 +473,7 @@ def check_config(data):
              eval_iters, log_interval, num_samples) > 0,
          "n_layer, n_head, n_embd, block_size, batch_size, gradient_accumulation_steps, eval_interval, "
          "eval_iters, log_interval and num_samples must be positive"),
-        (n_embd % n_head == 0, f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})"),
+        (n_embd % max(n_head, 1) == 0, f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})"),
         (min(max_iters, max_time, max_new_tokens, warmup_iters, lr_decay_iters, grad_clip, weight_decay) >= 0,
          "max_iters, max_time, max_new_tokens, warmup_iters, lr_decay_iters, grad_clip and weight_decay "
          "must not be negative"),
@@ -479,12 +488,17 @@ def check_config(data):
         (optimizer in ('adamw', 'muon'), f"optimizer must be 'adamw' or 'muon', not '{optimizer}'"),
         (schedule in ('cosine', 'wsd'), f"schedule must be 'cosine' or 'wsd', not '{schedule}'"),
         (weight_init in ('nanogpt', 'pytorch'), f"weight_init must be 'nanogpt' or 'pytorch', not '{weight_init}'"),
-        (not rope or (n_embd // n_head) % 2 == 0, f"rope needs an even head size, not {n_embd // max(n_head, 1)}"),
+        (not (rope and pos) or n_embd // max(n_head, 1) % 2 == 0, f"rope needs an even head size, not {n_embd // max(n_head, 1)}"),
+        (not (relu and relu2), "relu and relu2 are two choices of one activation: set one of them"),
         (quantize in ('', 'int8', 'nf4'), f"quantize must be '', 'int8' or 'nf4', not '{quantize}'"),
         (lora_rank >= 0, f"lora_rank must be >= 0 (0 is off), not {lora_rank}"),
         (lora_alpha > 0, f"lora_alpha must be > 0, not {lora_alpha}"),
         (not lora_rank or init_from != 'scratch', "lora_rank > 0 adapts a trained model: --init_from=its checkpoint"),
         (not eval_only or init_from != 'scratch', "eval_only needs a model: --init_from=resume or a checkpoint's path"),
+        (not export or (init_from not in ('scratch', 'resume') and max_iters == 0 and not eval_only),
+         "export writes a checkpoint's model out: --init_from=PATH --max_iters=0 --out_dir=NEW"),
+        (not export or not os.path.exists(os.path.join(ROOT, out_dir, 'ckpt.pt')),
+         f"{os.path.join(out_dir, 'ckpt.pt')} exists, and export never writes over a checkpoint: give another --out_dir"),
     ]
     for ok, msg in problems:
         if not ok:
@@ -522,7 +536,7 @@ def build_model(run, data):
     """The model: fresh ('scratch'), the run in out_dir ('resume'), or another checkpoint's weights to fine-tune
     (init_from=PATH, from step 0; with LoRA if lora_rank > 0). Also the state that the later steps share."""
     state = SimpleNamespace(iter_num=0, best_val_loss=math.inf, train_time=0.0, lr=0.0, tokens_per_iter=0,
-                            flops_per_iter=0, ckpt=None, lora=None, base=None, tokenizer=data.tok.describe(),
+                            flops_per_iter=0, ckpt=None, lora=None, base=None, saved=None, lock=None, tokenizer=data.tok.describe(),
                             ckpt_path=os.path.join(ROOT, out_dir, 'ckpt.pt'), config=knobs(globals()),
                             data_rng=torch.Generator().manual_seed(seed),  # the same on every process: the global batch
                             template={k: data.meta[k] for k in ('sep', 'end') if k in data.meta},
@@ -533,6 +547,7 @@ def build_model(run, data):
     if init_from == 'resume':
         ckpt = state.ckpt = load_checkpoint(state.ckpt_path, 'gpt', data.tok)
         state.iter_num, state.best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
+        state.saved = state.iter_num  # the step that a fault leaves in place
         state.train_time = ckpt.get('train_time', 0.0)  # seconds trained so far: max_time is for the whole run
         state.lora, state.base = ckpt.get('lora'), ckpt.get('base')
         if lora_rank and not state.lora:
@@ -541,7 +556,8 @@ def build_model(run, data):
         weights = full_weights(state.ckpt_path, ckpt, data.tok, merge=False)  # a LoRA run: its base
     elif init_from != 'scratch':
         path = os.path.join(ROOT, init_from)  # relative paths start at this file's folder, like out_dir
-        if not eval_only and os.path.isfile(state.ckpt_path) and os.path.samefile(path, state.ckpt_path):
+        if max_iters > 0 and not eval_only and os.path.isfile(state.ckpt_path) and os.path.samefile(path,
+                                                                                                 state.ckpt_path):
             die(f"--init_from={init_from} is this run's own checkpoint; the fine-tuned model would be written "
                 f"over it: give another --out_dir")
         ckpt = load_checkpoint(path, 'gpt', data.tok)
@@ -550,9 +566,13 @@ def build_model(run, data):
             from lora import sha256
             state.lora = {'rank': lora_rank, 'alpha': lora_alpha, 'quantize': quantize}
             state.base = {'path': os.path.realpath(path), 'sha256': sha256(path)}
-    if weights is not None:  # the architecture is the checkpoint's
+    if weights is not None:  # the architecture is the checkpoint's (and a LoRA run's settings, on resume)
         state.model_args = {**ckpt['model_args'], 'dropout': dropout}
         state.template = state.template or ckpt.get('template', {})
+        keep_settings(state, {k: v for k, v in state.model_args.items() if k in state.config and k != 'dropout'})
+        if state.lora and init_from == 'resume':  # a QLoRA model samples on its own 4-bit base, never another
+            keep_settings(state, {'lora_rank': state.lora['rank'], 'lora_alpha': state.lora['alpha'],
+                                  **({'quantize': state.lora['quantize']} if state.lora['quantize'] else {})})
     T, n_train, n_val = state.model_args['block_size'], len(data.train.ids), len(data.val.ids)
     if T >= min(n_train, n_val):  # the knob's, or a checkpoint's
         die(f"the model's block_size ({T}) must be shorter than both splits ({n_train:,} and {n_val:,} tokens)")
@@ -566,6 +586,16 @@ def build_model(run, data):
         run.log(summary(model, state.lora))
     model.gradient_checkpointing = gradient_checkpointing
     return model.to(run.dev), state
+
+
+def keep_settings(state, theirs):
+    """A model from a checkpoint keeps its architecture, and a resumed LoRA run its rank, alpha and base: a knob
+    set to another value is refused, never ignored. The saved config says what was used."""
+    for k, v in theirs.items():
+        if k in CONFIGURED and globals()[k] != v:
+            die(f"--{k}={globals()[k]!r}, but the model of {init_from} has {k}={v!r}; it comes with the checkpoint: "
+                f"leave --{k} out")
+    state.config |= theirs
 
 
 def make_optimizers(run, model, state):
@@ -588,7 +618,7 @@ def make_optimizers(run, model, state):
     ckpt = state.ckpt
     if ckpt is not None:
         if not ckpt['optimizer']:
-            die(f"{state.ckpt_path} holds a model without an optimizer (written with max_iters=0): "
+            die(f"{state.ckpt_path} holds a model without an optimizer (written by --export): "
                 f"fine-tune it with --init_from={os.path.join(out_dir, 'ckpt.pt')} --out_dir=ANOTHER")
         if len(ckpt['optimizer']) != len(optimizers):
             die(f"{state.ckpt_path} was trained with optimizer='{ckpt['config']['optimizer']}'; resume with the same")
@@ -606,6 +636,11 @@ def make_optimizers(run, model, state):
         for group in opt.param_groups:
             group['base_lr'] = base_lr  # the schedule scales every group by lr / learning_rate
     return optimizers
+
+
+def kept(state):
+    """What a run that stops on a fault leaves: its last checkpoint, or none."""
+    return f"{state.ckpt_path} keeps step {state.saved}" if state.saved is not None else "no checkpoint was written"
 
 
 def every_rank(run, t):
@@ -632,8 +667,7 @@ def save(run, model, optimizers, state):
     """Every process calls this, so that each one's RNG state goes in; process 0 writes the file. A LoRA run
     saves only its adapters, with the path and sha256 of the base they need."""
     if not all(torch.isfinite(p).all() for p in model.parameters()):
-        die(f"the weights are not finite at step {state.iter_num}; not saved, {state.ckpt_path} keeps the last good "
-            f"state")
+        die(f"the weights are not finite at step {state.iter_num}; not saved, {kept(state)}")
     rng = {'torch': every_rank(run, torch.get_rng_state()), 'data': state.data_rng.get_state(),
            'cuda': every_rank(run, torch.cuda.get_rng_state()) if run.dev_type == 'cuda' else None}
     weights = {k: v for k, v in model.state_dict().items() if 'lora_' in k or not state.lora}
@@ -644,6 +678,38 @@ def save(run, model, optimizers, state):
             'train_time': state.train_time, 'config': state.config, 'tokenizer': state.tokenizer,
             'template': state.template, 'rng': rng,
             **({'lora': state.lora, 'base': state.base} if state.lora else {})})
+    state.saved = state.iter_num
+
+
+def export_checkpoint(run, model, state):
+    """--export: the model of init_from (a LoRA update merged in) as an ordinary checkpoint, in an out_dir that
+    holds none (check_config). Every process comes here, as save() gathers from each."""
+    if state.lora:
+        from lora import merge_lora
+        merge_lora(model)
+        state.lora = None
+    save(run, model, [], state)
+    run.log(f"wrote {state.ckpt_path}: the model of {init_from}, as an ordinary checkpoint")
+
+
+def claim_out_dir(run, state):
+    """One run writes an out_dir at a time: process 0 holds a lock on <out_dir>/run.lock, and a second run there
+    is refused. The OS lets go of it when the process ends, however it ends (kill -9 too): nothing stale blocks."""
+    path = os.path.join(ROOT, out_dir, 'run.lock')
+    if not run.master or fcntl is None:
+        return
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        state.lock = open(path, 'a+')
+        fcntl.flock(state.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        state.lock.seek(0)
+        die(f"{out_dir} is in use by {state.lock.read().strip() or 'another run'}; let it end, or give another --out_dir")
+    except OSError as e:
+        die(f"cannot write {path} ({e.strerror or e}); give another --out_dir")
+    state.lock.truncate(0)
+    state.lock.write(f"process {os.getpid()} ({' '.join(sys.argv)})\n")
+    state.lock.flush()
 
 
 def compile_and_wrap(run, model, data):
@@ -740,7 +806,7 @@ def evaluate_and_save(run, model, raw_model, optimizers, data, state):
     losses = estimate_loss(model, splits, batch_size, raw_model.block_size, eval_iters, run.dev, run.ctx)
     run.log(f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
     if not math.isfinite(losses['train'] + losses['val']):
-        die(f"the loss is not finite at step {state.iter_num}; not saved, {state.ckpt_path} keeps the last good state")
+        die(f"the loss is not finite at step {state.iter_num}; not saved, {kept(state)}")
     state.best_val_loss = min(state.best_val_loss, losses['val'])
     write_csv(run, state, 'eval', losses['train'], losses['val'], losses['val'] / math.log(2) / data.bytes_per_token)
     if state.iter_num > 0:
@@ -796,8 +862,7 @@ def train_step(run, model, raw_model, optimizers, data, state):
             _, loss = model(x, y)
         run.scaler.scale(loss / gradient_accumulation_steps).backward()
     if agree(run, not math.isfinite(loss.item()))[0]:
-        die(f"the loss is not finite at step {state.iter_num}; stopped, and {state.ckpt_path} keeps the last good "
-            f"state. Try a lower learning_rate")
+        die(f"the loss is not finite at step {state.iter_num}; stopped, {kept(state)}. Try a lower learning_rate")
     if grad_clip > 0:
         for opt in optimizers:
             run.scaler.unscale_(opt)
@@ -918,27 +983,24 @@ def main():
     check_config(data)
     run = setup_processes()  # one process or torchrun's; device and precision
     model, state = build_model(run, data)  # scratch, resume, or a checkpoint to fine-tune
-    if eval_only:  # model, then evaluate
-        evaluate(run, inference_model(model, state), data, state)
-        return
     trained = False
-    if state.iter_num < max_iters:
+    if state.iter_num < max_iters and not eval_only:
+        claim_out_dir(run, state)  # the runs that write out_dir: training, and export
         optimizers = make_optimizers(run, model, state)
         trained = train(run, model, optimizers, data, state)
-    elif init_from not in ('scratch', 'resume') and run.master:  # max_iters=0 from a checkpoint: write it out
-        if state.lora:  # ... as an ordinary checkpoint, with a LoRA update merged in
-            from lora import merge_lora
-            merge_lora(model)
-            state.lora = None
-        save(run, model, [], state)
-        print(f"wrote {state.ckpt_path}: the model of {init_from}, as an ordinary checkpoint")
+    elif export:  # max_iters=0 from a checkpoint, asked to write it out
+        claim_out_dir(run, state)
+        export_checkpoint(run, model, state)
     finish_processes(run)
     if not run.master:
         return
     model = inference_model(model, state)
-    if trained:
-        write_csv(run, state, 'final', '', *evaluate(run, model, data, state))
-    sample(run, model, data, state)  # sample-only (init_from=resume, max_iters=0): model, then sample
+    if trained or eval_only:
+        loss, bpb = evaluate(run, model, data, state)
+        if trained:
+            write_csv(run, state, 'final', '', loss, bpb)
+    if not eval_only:  # eval_only: model, then evaluate
+        sample(run, model, data, state)  # sample-only (max_iters=0): model, then sample
 
 
 if __name__ == '__main__':

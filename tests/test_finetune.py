@@ -111,7 +111,7 @@ def test_lora_checkpoint_is_small_resumes_exactly_and_guards_its_base(base):
     assert val_lines(resumed.stdout)[-1] == val_lines(straight.stdout)[-1]
     # eval_only and sampling load the base; a merged ordinary checkpoint evaluates the same
     ev = run(base, 'gpt.py', '--init_from=resume', '--out_dir=lora', '--dataset=new', '--eval_only=true')
-    ex = run(base, 'gpt.py', '--init_from=lora/ckpt.pt', '--max_iters=0', '--dataset=new', '--out_dir=merged',
+    ex = run(base, 'gpt.py', '--init_from=lora/ckpt.pt', '--max_iters=0', '--export=true', '--dataset=new', '--out_dir=merged',
              '--max_new_tokens=5')
     assert ev.returncode == 0 and ex.returncode == 0, ev.stderr + ex.stderr
     merged = torch.load(base / 'merged' / 'ckpt.pt', weights_only=True)

@@ -128,6 +128,7 @@ def test_bpe_end_to_end_train_resume_sample(proj):
     assert run(proj, 'gpt.py', *TINY, '--max_iters=5', '--out_dir=char').returncode == 0
     msg = one_line_error(run(proj, 'gpt.py', '--init_from=resume', '--out_dir=char', '--dataset=shakespeare_bpe'))
     assert 'another vocabulary' in msg and '--tokenizer_from=shakespeare_char' in msg
+    assert '--dataset=shakespeare_char' in msg  # most often the fix: the checkpoint's own dataset
     # bytes that were not UTF-8 (Python's \udcXX) have no byte-level encoding either: refused before training
     for script in ('gpt.py', 'bigram.py'):
         r = run(proj, script, *TINY * (script == 'gpt.py'), '--dataset=shakespeare_bpe', '--max_iters=10',
