@@ -14,6 +14,11 @@ import time
 import warnings
 from types import SimpleNamespace
 
+try:
+    import fcntl  # the out_dir lock; Windows has none, and runs without it
+except ImportError:
+    fcntl = None
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -112,6 +117,7 @@ class BigramLanguageModel(nn.Module):
     def generate(self, idx, max_new_tokens, temperature=1.0, generator=None):
         for _ in range(max_new_tokens):
             logits = self(idx[:, -1:])[0][:, -1, :]  # (B, vocab_size): a bigram needs only the last token
+            logits = logits - logits.amax(dim=-1, keepdim=True)  # <= 0: a tiny temperature can't overflow
             nxt = logits.argmax(-1, keepdim=True) if temperature == 0 else \
                 torch.multinomial(F.softmax(logits / temperature, dim=-1), 1, generator=generator)  # 0 is greedy
             idx = torch.cat((idx, nxt), dim=1)
@@ -139,6 +145,26 @@ def save(model, optimizer, state):
             os.remove(tmp)
         kept = f"{path} keeps the last good state" if os.path.exists(path) else "no checkpoint was written"
         die(f"could not save {path} ({e.strerror or e}); nothing partial is left, and {kept}")
+
+
+def claim_out_dir(state):
+    """One run writes an out_dir at a time: hold a lock on <out_dir>/run.lock, and a second run there is refused.
+    The OS lets go of it when the process ends, however it ends (kill -9 too): nothing stale blocks."""
+    path = os.path.join(ROOT, out_dir, 'run.lock')
+    if fcntl is None:
+        return
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        state.lock = open(path, 'a+')
+        fcntl.flock(state.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        state.lock.seek(0)
+        die(f"{out_dir} is in use by {state.lock.read().strip() or 'another run'}; let it end, or give another --out_dir")
+    except OSError as e:
+        die(f"cannot write {path} ({e.strerror or e}); give another --out_dir")
+    state.lock.truncate(0)
+    state.lock.write(f"process {os.getpid()} ({' '.join(sys.argv)})\n")
+    state.lock.flush()
 
 
 def load_checkpoint(path, model_type, tok=None):
@@ -184,7 +210,7 @@ def check_config(data):
 
 def build_model(dev, data):
     """The model: fresh ('scratch') or the run in out_dir ('resume'), with the state the later steps share."""
-    state = SimpleNamespace(iter_num=0, best_val_loss=math.inf, ckpt=None, tokenizer=data.tok.describe(),
+    state = SimpleNamespace(iter_num=0, best_val_loss=math.inf, ckpt=None, lock=None, tokenizer=data.tok.describe(),
                             ckpt_path=os.path.join(ROOT, out_dir, 'ckpt.pt'), config=knobs(globals()),
                             data_rng=torch.Generator().manual_seed(seed))  # draws the training batches
     torch.manual_seed(seed)
@@ -197,6 +223,7 @@ def build_model(dev, data):
 
 
 def make_optimizer(model, state):
+    claim_out_dir(state)  # training writes out_dir: this run alone
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     if state.ckpt is not None:
         optimizer.load_state_dict(state.ckpt['optimizer'])

@@ -14,6 +14,7 @@ Nothing here reads sys.argv on import; the script calls configure(globals(), sys
 import ast
 import difflib
 import os
+import re
 import sys
 
 TRUE, FALSE = ('true', '1', 'yes', 'on'), ('false', '0', 'no', 'off')
@@ -65,15 +66,25 @@ def apply(scope, known, key, value, source):
     print(f"config: {key} = {scope[key]!r}  ({source})")
 
 
+def print_help(scope, known):
+    """Each knob with its default and the comment beside it in the script (what it does, and its values)."""
+    try:
+        with open(scope['__file__'], encoding='utf-8') as f:
+            comments = dict(re.findall(r'^(\w+) = .*?  # (.*)$', f.read(), flags=re.M))
+    except (KeyError, OSError):
+        comments = {}
+    print("knobs (override with --key=value, or in a config file):")
+    for k, v in known.items():
+        print(f"  --{k}={v!r}" + (f"  # {comments[k]}" if k in comments else ''))
+
+
 def configure(scope, argv):
     """Override the knobs in `scope` (a script's globals()) from config files and --key=value; the names set,
     with where from, go in scope['CONFIGURED']."""
     known = knobs(scope)
     for arg in argv:
         if arg in ('-h', '--help'):
-            print("knobs (override with --key=value):")
-            for k, v in known.items():
-                print(f"  --{k}={v!r}")
+            print_help(scope, known)
             sys.exit(0)
         if not arg.startswith('--'):  # a config file
             if not os.path.isfile(arg):

@@ -40,9 +40,9 @@ from tokenizer import description_in, from_description
 # -----------------------------------------------------------------------------
 dataset = 'shakespeare_char'  # reads data/<dataset>/ (made by prepare.py)
 out_dir = 'out'  # checkpoint at <out_dir>/ckpt.pt, CSV log at <out_dir>/log.csv; relative to this file
-init_from = 'scratch'  # 'scratch', 'resume' (from <out_dir>/ckpt.pt), or a checkpoint's path to fine-tune from
+init_from = 'scratch'  # 'scratch', 'resume' (<out_dir>/ckpt.pt), or a checkpoint's path; max_iters=0 only samples
 eval_only = False  # with init_from 'resume' or a path: print the whole-split val loss and bpb, then exit
-export = False  # with init_from=PATH and max_iters=0: write its model (a LoRA update merged) to a new out_dir
+export = False  # with init_from=PATH and max_iters=0: write its model (LoRA merged) to a new out_dir
 device = 'auto'  # 'auto' picks cuda, then mps, then cpu
 dtype = 'auto'  # 'auto': bf16 on GPUs that have it, else fp16 on CUDA; CPUs: see pick_dtype
 compile = 'auto'  # torch.compile the model: 'auto' means on CUDA only; true/false force it
@@ -144,6 +144,12 @@ class Split:
     def random_starts(self, shape, block_size, generator):
         """Where training and eval windows start: anywhere in the text."""
         return torch.randint(len(self.ids) - block_size, shape, generator=generator)
+
+    def eval_windows(self, block_size):
+        """The whole-split loss's windows: where each starts, and its last target's position. Consecutive
+        windows, so every token but the first is predicted once."""
+        starts = np.arange(0, len(self.ids) - 1, block_size)
+        return starts, np.minimum(starts + block_size, len(self.ids) - 1)
 
 
 def load_data(dataset):
@@ -917,16 +923,11 @@ def inference_model(model, state):
 
 @torch.no_grad()
 def full_val_loss(model, split, block_size, device, batch_size=64, ctx=nullcontext(), token_bytes=None):
-    """Loss over the whole split, and bits per byte if token_bytes (each id's UTF-8 length) is given.
-    Plain text: consecutive windows, so every token but the first is predicted once. Instruction pairs:
-    one window for each pair, scoring that pair's response tokens."""
+    """Loss over the whole split, and bits per byte if token_bytes (each id's UTF-8 length) is given: every
+    target of split.eval_windows once (on instruction pairs: every response token)."""
     model.eval()
     n = len(split.ids)
-    if split.mask is None:
-        starts = np.arange(0, n - 1, block_size)
-        last = np.minimum(starts + block_size, n - 1)  # the last target of each window
-    else:
-        starts, last = split.pair_windows(block_size)
+    starts, last = split.eval_windows(block_size)
     nats, count, nbytes = 0.0, 0, 0
     for b in range(0, len(starts), batch_size):
         s, e = starts[b:b + batch_size, None], last[b:b + batch_size, None]
@@ -957,7 +958,7 @@ def evaluate(run, model, data, state):
     if data.val.mask is not None:
         from instruct import exact_match
         score = exact_match(model, data.val, data.tok, state.template['end'], data.meta.get('val_tasks'), run.dev,
-                            run.ctx)
+                            run.ctx, kv_cache)
         print('exact match: ' + ', '.join(f"{task} {pct:.1f}%" for task, pct in score.items()))
     return loss, bpb
 

@@ -27,6 +27,14 @@ class PairSplit:
         last = np.append(self.starts[1:], len(self.ids)) - 1
         return np.maximum(self.starts, last - block_size), last
 
+    def eval_windows(self, block_size):
+        """The whole-split loss's windows: each pair cut into consecutive windows from its start, so that every
+        response token is scored once, seeing as much of its own pair as the window holds before it."""
+        ends = np.append(self.starts[1:], len(self.ids)) - 1  # each pair's last token
+        starts = [np.arange(s, e, block_size) for s, e in zip(self.starts, ends)]
+        last = [np.minimum(w + block_size, e) for w, e in zip(starts, ends)]
+        return np.concatenate(starts), np.concatenate(last)
+
     def random_starts(self, shape, block_size, generator):
         """Where training and eval windows start: at a pair's window, so that every window holds response
         tokens to learn from."""
@@ -36,7 +44,7 @@ class PairSplit:
 
 
 @torch.no_grad()
-def exact_match(model, split, tok, end, tasks, device, ctx):
+def exact_match(model, split, tok, end, tasks, device, ctx, kv_cache=True):
     """Answer every held-out pair greedily and compare with its response, exactly: the share right per task."""
     ids, mask, bounds = np.asarray(split.ids), np.asarray(split.mask), [*split.starts, len(split.ids)]
     pairs = []  # (prompt ids, the response's length in tokens, the response's text)
@@ -52,7 +60,7 @@ def exact_match(model, split, tok, end, tasks, device, ctx):
             chunk = group[b:b + 256]
             idx = torch.tensor([pairs[i][0] for i in chunk], dtype=torch.long, device=device)
             with ctx:
-                out = model.generate(idx, max(pairs[i][1] for i in chunk) + 1, temperature=0,
+                out = model.generate(idx, max(pairs[i][1] for i in chunk) + 1, temperature=0, kv_cache=kv_cache,
                                      done=lambda new: end in tok.decode(new))
             for i, row in zip(chunk, out[:, idx.size(1):].tolist()):
                 text = tok.decode(row)

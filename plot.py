@@ -17,6 +17,7 @@ to (its softmax weights over the tokens up to t), so the upper triangle is empty
 import csv
 import os
 import sys
+import textwrap
 
 from configurator import configure
 
@@ -98,6 +99,14 @@ def attention_maps(path, text):
     return [tok.decode([i]) for i in ids], torch.stack([b.attn.att[0] for b in model.blocks]).numpy()
 
 
+def attention_title(text, tokens, inches):
+    """What the picture shows, the prompt as the model saw it (cropped to block_size), wrapped to the figure."""
+    shown = ''.join(tokens)
+    what = f"the last {len(tokens)} tokens of the prompt, {shown!r}" if shown != text else repr(shown)
+    return textwrap.fill(f"attention over {what}: row = the token that looks, column = what it sees",
+                         width=int(inches * 13))  # characters of 9-point type per inch, about
+
+
 def draw_attention():
     tokens, att = attention_maps(attention, prompt)
     n_layer, n_head, T, _ = att.shape
@@ -111,7 +120,7 @@ def draw_attention():
             ax.set_xticks(range(T), labels, fontsize=6)
             ax.set_yticks(range(T), labels, fontsize=6)
             ax.set_title(f"layer {layer}, head {head}", fontsize=8)
-    fig.suptitle(title or f"attention over {prompt!r}: row = the token that looks, column = what it sees", fontsize=9)
+    fig.suptitle(title or attention_title(prompt, tokens, 1.6 + 2.2 * n_head), fontsize=9)
     fig.tight_layout()
     save(fig, out or os.path.join(os.path.dirname(os.path.abspath(attention)), 'attention.png'))
 

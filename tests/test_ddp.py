@@ -60,3 +60,22 @@ def test_ctrl_c_stops_every_rank(proj):
     assert proc.returncode != 0
     step = int(re.search(r'SIGINT at step (\d+): saved', out).group(1))
     assert torch.load(proj / 'out' / 'ckpt.pt', weights_only=True)['iter_num'] == step
+
+
+def test_one_process_paths_end_under_torchrun_and_print_once(proj):
+    """Export (a LoRA merge too), eval_only and sample-only run and end under torchrun; process 0 alone prints."""
+    args = [*TINY, '--device=cpu', '--max_new_tokens=5']
+    assert run(proj, 'gpt.py', *args, '--max_iters=10').returncode == 0
+    ddp = lambda *more: run(proj, *TORCHRUN, 'gpt.py', *args, *more, env=ENV, timeout=180)
+    lora = ddp('--init_from=out/ckpt.pt', '--lora_rank=2', '--max_iters=10', '--out_dir=lora')
+    assert lora.returncode == 0, lora.stderr[-3000:]
+    for source, out in (('out/ckpt.pt', 'exp'), ('lora/ckpt.pt', 'merged')):
+        r = ddp(f'--init_from={source}', '--max_iters=0', '--export=true', f'--out_dir={out}')
+        assert r.returncode == 0 and r.stdout.count('wrote ') == 1, r.stderr[-3000:]
+        assert r.stdout.count('---------------') == 1
+        ckpt = torch.load(proj / out / 'ckpt.pt', weights_only=True)
+        assert 'lora' not in ckpt and ckpt['rng']['torch'].shape[0] == 2  # both processes' RNG states
+    ev = ddp('--init_from=resume', '--eval_only=true', '--out_dir=merged')
+    assert ev.returncode == 0 and ev.stdout.count('whole-split val loss') == 1, ev.stderr[-3000:]
+    sample = ddp('--init_from=resume', '--max_iters=0', '--out_dir=exp')
+    assert sample.returncode == 0 and sample.stdout.count('---------------') == 1, sample.stderr[-3000:]

@@ -204,3 +204,21 @@ def test_lora_summary_counts_a_quantized_base_as_its_weights():
         n_train = sum(p.numel() for p in m.parameters() if p.requires_grad)
         assert f"training {n_train:,} of {n_base + n_train:,} parameters" in lines[-1]
     assert lines[1] == lines[0].replace('LoRA rank 4:', 'LoRA rank 4 on a nf4 base:')
+
+
+def test_a_resumed_lora_run_keeps_its_settings(base):
+    args = [*TINY, '--dataset=new', '--learning_rate=1e-2', '--max_new_tokens=0']
+    assert run(base, 'gpt.py', *args, '--init_from=out/ckpt.pt', '--lora_rank=2', '--lora_alpha=4', '--max_iters=10',
+               '--out_dir=lora').returncode == 0
+    assert run(base, 'gpt.py', *args, '--init_from=out/ckpt.pt', '--lora_rank=2', '--quantize=nf4', '--max_iters=10',
+               '--out_dir=qlora').returncode == 0
+    for out, knob in (('lora', '--lora_rank=4'), ('lora', '--lora_alpha=8.0'), ('qlora', '--quantize=int8'),
+                      ('qlora', "--quantize=''")):
+        before = (base / out / 'ckpt.pt').read_bytes()
+        for more in (['--max_iters=20'], ['--max_iters=0'], ['--eval_only=true']):
+            msg = one_line_error(run(base, 'gpt.py', *args, '--init_from=resume', f'--out_dir={out}', knob, *more))
+            assert msg.startswith(f"error: {knob.split('=')[0]}="), msg
+        assert (base / out / 'ckpt.pt').read_bytes() == before
+    # a plain LoRA model is merged, then quantized as asked
+    r = run(base, 'gpt.py', *args, '--init_from=resume', '--out_dir=lora', '--eval_only=true', '--quantize=int8')
+    assert r.returncode == 0 and 'to int8' in r.stdout, r.stderr

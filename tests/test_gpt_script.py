@@ -249,3 +249,79 @@ def test_lecture_steps_reach_the_lectures_val_loss(proj, step, lecture):
     r = run(proj, 'gpt.py', f'config/lecture/{step}.py', '--max_new_tokens=0')
     assert r.returncode == 0, r.stderr
     assert abs(float(re.search(r'whole-split val loss ([\d.]+)', r.stdout).group(1)) - lecture) < 0.05
+
+
+def files(folder):
+    """Every file under folder, with its bytes: what a command wrote, or didn't."""
+    return {p: p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+def test_sample_only_from_a_path_writes_nothing_and_export_never_overwrites(trained):
+    proj, _ = trained
+    (proj / 'other').mkdir()
+    shutil.copy(proj / 'out' / 'ckpt.pt', proj / 'other' / 'ckpt.pt')
+    before = files(proj)
+    for more in ([], ['--out_dir=other'], ['--eval_only=true']):  # the default out_dir holds another run
+        r = run(proj, 'gpt.py', '--init_from=other/ckpt.pt', '--max_iters=0', '--max_new_tokens=5', *more)
+        assert r.returncode == 0 and 'wrote' not in r.stdout, r.stderr
+        assert files(proj) == before
+    msg = one_line_error(run(proj, 'gpt.py', '--init_from=other/ckpt.pt', '--max_iters=0', '--export=true'))
+    assert 'never writes over a checkpoint' in msg and files(proj) == before
+    for args, message in ((['--max_iters=10'], 'export writes'), (['--init_from=resume'], 'export writes')):
+        assert message in one_line_error(run(proj, 'gpt.py', '--init_from=other/ckpt.pt', '--max_iters=0',
+                                             '--export=true', '--out_dir=new', *args))
+    r = run(proj, 'gpt.py', '--init_from=other/ckpt.pt', '--max_iters=0', '--export=true', '--out_dir=new',
+            '--max_new_tokens=5')
+    assert r.returncode == 0 and 'wrote ' in r.stdout, r.stderr
+    exported = torch.load(proj / 'new' / 'ckpt.pt', weights_only=True)
+    assert all(torch.equal(exported['model'][k], v) for k, v in torch.load(proj / 'other' / 'ckpt.pt')['model'].items())
+    assert '--export' in run(proj, 'gpt.py', '--help').stdout
+
+
+@pytest.mark.parametrize('knob', ['--n_layer=3', '--block_size=8', '--rope=false', '--ffn=false', '--n_embd=64'])
+def test_a_loaded_model_keeps_its_architecture(trained, knob):
+    """Resuming or fine-tuning with another architecture is refused in one line that names the knob."""
+    proj, _ = trained
+    before = files(proj)
+    for init in ('resume', 'out/ckpt.pt'):
+        msg = one_line_error(run(proj, 'gpt.py', f'--init_from={init}', '--max_iters=30', '--out_dir=' +
+                                 ('out' if init == 'resume' else 'ft'), knob))
+        assert msg.startswith(f"error: {knob.split('=')[0]}=") and 'leave' in msg
+    assert files(proj) == before
+    # the same values are fine, and the saved config says what was used
+    r = run(proj, 'gpt.py', '--init_from=resume', '--max_iters=30', '--n_layer=2', '--max_new_tokens=0')
+    assert r.returncode == 0, r.stderr
+    assert torch.load(proj / 'out' / 'ckpt.pt', weights_only=True)['config']['n_embd'] == 32  # not the default 128
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--relu=true', '--relu2=true'], 'relu and relu2 are two choices of one activation'),
+    (['--export=true'], 'export writes'),
+])
+def test_conflicting_knobs_are_refused(proj, args, message):
+    assert message in one_line_error(run(proj, 'gpt.py', *TINY, *args))
+
+
+def test_no_positions_needs_no_even_head_size(proj):
+    r = run(proj, 'gpt.py', *TINY, '--pos=false', '--n_embd=30', '--n_head=2', '--max_iters=5', '--max_new_tokens=5')
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize('script', ['gpt.py', 'bigram.py'])
+def test_a_tiny_temperature_is_greedy(trained, script):
+    proj, _ = trained
+    if script == 'bigram.py':
+        assert run(proj, 'bigram.py', '--max_iters=20', '--eval_interval=10', '--eval_iters=2').returncode == 0
+    sample = lambda t: run(proj, script, '--init_from=resume', '--max_iters=0', '--max_new_tokens=30',
+                           f'--temperature={t}', '--prompt=All', *(['--dtype=float32'] if script == 'gpt.py' else []))
+    tiny, greedy = sample(1e-40), sample(0)  # (in float32: bf16 logits tie, and ties are drawn at random)
+    assert tiny.returncode == 0, tiny.stderr
+    assert tiny.stdout.split('All', 1)[1] == greedy.stdout.split('All', 1)[1]
+
+
+def test_attention_title_names_what_was_drawn():
+    import plot
+    title = plot.attention_title('First Citizen', ['C', 'i', 't', 'i', 'z', 'e', 'n'], 3.8)  # n_head=1's width
+    assert "the last 7 tokens of the prompt, 'Citizen'" in title.replace('\n', ' ')
+    assert max(len(line) for line in title.splitlines()) <= 3.8 * 13
+    assert "attention over 'Citizen':" in plot.attention_title('Citizen', list('Citizen'), 20)

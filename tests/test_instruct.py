@@ -1,4 +1,5 @@
 """Instruction tuning: pairs and their loss mask, the stop string, the tasks demo and its exact-match line."""
+import contextlib
 import json
 import os
 import re
@@ -148,3 +149,27 @@ def test_eval_rows_convert_the_response_tokens_to_bits_per_byte(proj, tmp_path):
     rows = [row.split(',') for row in (proj / 'out' / 'log.csv').read_text().splitlines()[1:]]
     ratio = {kind: float(bpb) / float(loss) for kind, *_, loss, bpb in rows if kind in ('eval', 'final')}
     assert ratio['eval'] == pytest.approx(ratio['final'], rel=1e-4)
+
+
+def test_whole_split_scores_every_response_token_at_any_block_size():
+    ids = np.random.default_rng(0).integers(0, 11, size=60).astype(np.uint16)
+    mask = np.tile(np.array([0] * 4 + [1] * 6, dtype=np.uint8), 6)  # pairs: 4 prompt tokens, 6 response tokens
+    split = instruct.PairSplit(ids, mask)
+    for block_size in (2, 3, 5, 9, 16):
+        model = gpt.GPT(11, block_size, 1, 1, 16)
+        assert gpt.full_val_loss(model, split, block_size, 'cpu')[2] == 36
+
+
+def test_exact_match_follows_kv_cache():
+    ids = np.array([1, 2, 3, 4, 5, 6] * 4, dtype=np.uint16)
+    mask = np.array([0, 0, 0, 1, 1, 1] * 4, dtype=np.uint8)
+    model, seen = gpt.GPT(11, 16, 1, 1, 16).eval(), []
+    generate = model.generate
+    model.generate = lambda *a, **k: seen.append(k['kv_cache']) or generate(*a, **k)
+
+    class Tok:
+        decode = staticmethod(lambda ids: ''.join(chr(97 + i) for i in ids))
+    for cache in (True, False):
+        instruct.exact_match(model, instruct.PairSplit(ids, mask), Tok, 'g', None, 'cpu', contextlib.nullcontext(), cache)
+        assert seen and set(seen) == {cache}
+        seen.clear()

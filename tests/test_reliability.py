@@ -17,8 +17,8 @@ from conftest import TINY, one_line_error, run, run_process, val_lines
 LONG = [*TINY, '--max_iters=1000000', '--lr_decay_iters=1000', '--eval_interval=1000000', '--dropout=0.1']
 
 
-def start(proj, *args):
-    return subprocess.Popen([sys.executable, 'gpt.py', *args], cwd=proj, stdout=subprocess.PIPE,
+def start(proj, *args, script='gpt.py'):
+    return subprocess.Popen([sys.executable, script, *args], cwd=proj, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
 
 
@@ -75,8 +75,31 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(proj):
     before = (proj / 'out' / 'ckpt.pt').read_bytes()
     r = run(proj, 'gpt.py', *TINY, '--init_from=resume', '--max_iters=200', '--learning_rate=1e30',
             '--min_lr=1e30', '--grad_clip=0', '--warmup_iters=0')
-    assert 'not finite at step' in one_line_error(r)
+    assert 'not finite at step' in one_line_error(r) and 'ckpt.pt keeps step 10' in one_line_error(r)
     assert (proj / 'out' / 'ckpt.pt').read_bytes() == before
+    r = run(proj, 'gpt.py', *TINY, '--max_iters=200', '--learning_rate=1e30', '--min_lr=1e30', '--grad_clip=0',
+            '--warmup_iters=0', '--out_dir=fresh')  # before its first save: it says that there is none
+    assert one_line_error(r).endswith('no checkpoint was written. Try a lower learning_rate')
+    assert not (proj / 'fresh' / 'ckpt.pt').exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('script', ['gpt.py', 'bigram.py'])
+def test_one_run_at_a_time_in_an_out_dir(proj, script):
+    """A second run on a busy out_dir is refused and names the first, which goes on untouched; after kill -9
+    nothing is left that blocks the next run."""
+    args = [*LONG, '--log_interval=1'] if script == 'gpt.py' else ['--max_iters=1000000', '--eval_interval=1',
+                                                                    '--eval_iters=1', '--out_dir=out']
+    first = start(proj, *args, script=script)
+    wait_for(first, r'^(iter|step) 3:')
+    msg = one_line_error(run(proj, script, *args[:-2], '--max_iters=5', '--out_dir=out'))
+    assert f'out is in use by process {first.pid}' in msg
+    wait_for(first, r'^(iter|step) 6:')  # the first run goes on
+    assert first.poll() is None
+    first.kill()  # kill -9
+    first.communicate()
+    r = run(proj, script, *args[:-2], '--max_iters=5', '--out_dir=out', '--max_new_tokens=5')
+    assert r.returncode == 0, r.stderr
 
 
 # Faults on disk: every write to /dev/full fails with ENOSPC, as on a full disk. A temp file that is a link
