@@ -11,19 +11,14 @@ import math
 import os
 import sys
 import time
-import warnings
 from types import SimpleNamespace
-
-try:
-    import fcntl  # the out_dir lock; Windows has none, and runs without it
-except ImportError:
-    fcntl = None
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from checkpoint import claim_out_dir, die, load_checkpoint, save_checkpoint
 from configurator import configure, knobs
 from tokenizer import description_in, from_description
 
@@ -45,10 +40,6 @@ max_new_tokens = 500
 temperature = 1.0  # 0 means greedy
 # -----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.abspath(__file__))
-
-
-def die(msg):
-    sys.exit(f"error: {msg}")
 
 
 def pick_device(name):
@@ -126,63 +117,13 @@ class BigramLanguageModel(nn.Module):
 
 # ----------------------------------------------------------------- checkpoints
 def save(model, optimizer, state):
-    """Write to a temp file, fsync, then rename: a crash leaves the old checkpoint or the new one. A write
-    that fails (a full disk) removes the temp file and stops in one line; the old checkpoint stays."""
-    path, tmp = state.ckpt_path, state.ckpt_path + '.tmp'
-    ckpt = {'model_type': 'bigram', 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-            'model_args': {'vocab_size': model.token_embedding_table.num_embeddings}, 'iter_num': state.iter_num,
-            'best_val_loss': state.best_val_loss, 'config': state.config, 'tokenizer': state.tokenizer,
-            'rng': {'data': state.data_rng.get_state()}}  # a bigram has no dropout: only the batches draw
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, 'wb') as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-        kept = f"{path} keeps the last good state" if os.path.exists(path) else "no checkpoint was written"
-        die(f"could not save {path} ({e.strerror or e}); nothing partial is left, and {kept}")
-
-
-def claim_out_dir(state):
-    """One run writes an out_dir at a time: hold a lock on <out_dir>/run.lock, and a second run there is refused.
-    The OS lets go of it when the process ends, however it ends (kill -9 too): nothing stale blocks."""
-    path = os.path.join(ROOT, out_dir, 'run.lock')
-    if fcntl is None:
-        return
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        state.lock = open(path, 'a+')
-        fcntl.flock(state.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        state.lock.seek(0)
-        die(f"{out_dir} is in use by {state.lock.read().strip() or 'another run'}; let it end, or give another --out_dir")
-    except OSError as e:
-        die(f"cannot write {path} ({e.strerror or e}); give another --out_dir")
-    state.lock.truncate(0)
-    state.lock.write(f"process {os.getpid()} ({' '.join(sys.argv)})\n")
-    state.lock.flush()
-
-
-def load_checkpoint(path, model_type, tok=None):
-    """A checkpoint as plain data (weights_only: no pickled code runs), checked against the dataset's tokenizer."""
-    if not os.path.isfile(path):
-        die(f"no checkpoint at {path}; train first (init_from='scratch')")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')  # torch warns about the pickle protocol of foreign files
-            ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # truncated, not a torch file, or pickled code (weights_only refuses it: nothing ran)
-        die(f"{path} is not a loadable checkpoint ({type(e).__name__}); nothing in it ran")
-    if not isinstance(ckpt, dict) or ckpt.get('model_type') != model_type or 'model_args' not in ckpt:
-        die(f"{path} is not a {model_type} checkpoint")
-    theirs = description_in(ckpt)
-    if tok is not None and theirs != tok.describe():
-        die(f"{path} was trained on another vocabulary than dataset '{dataset}'; train a new bigram on it")
-    return ckpt
+    """The model, optimizer and data order, as plain data; written atomically (checkpoint.py)."""
+    save_checkpoint(state.ckpt_path, {
+        'model_type': 'bigram', 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+        'model_args': {'vocab_size': model.token_embedding_table.num_embeddings}, 'iter_num': state.iter_num,
+        'best_val_loss': state.best_val_loss, 'config': state.config, 'tokenizer': state.tokenizer,
+        'rng': {'data': state.data_rng.get_state()}})  # a bigram has no dropout: only the batches draw
+    state.saved = state.iter_num
 
 
 # ---------------------------------------------------------- the steps of a run
@@ -210,20 +151,22 @@ def check_config(data):
 
 def build_model(dev, data):
     """The model: fresh ('scratch') or the run in out_dir ('resume'), with the state the later steps share."""
-    state = SimpleNamespace(iter_num=0, best_val_loss=math.inf, ckpt=None, lock=None, tokenizer=data.tok.describe(),
+    state = SimpleNamespace(iter_num=0, best_val_loss=math.inf, ckpt=None, saved=None, lock=None,
+                            tokenizer=data.tok.describe(),
                             ckpt_path=os.path.join(ROOT, out_dir, 'ckpt.pt'), config=knobs(globals()),
                             data_rng=torch.Generator().manual_seed(seed))  # draws the training batches
     torch.manual_seed(seed)
     model = BigramLanguageModel(data.tok.vocab_size)
     if init_from == 'resume':
-        state.ckpt = load_checkpoint(state.ckpt_path, 'bigram', data.tok)
+        state.ckpt = load_checkpoint(state.ckpt_path, 'bigram', data.tok, dataset)
         model.load_state_dict(state.ckpt['model'])
         state.iter_num, state.best_val_loss = state.ckpt['iter_num'], state.ckpt['best_val_loss']
+        state.saved = state.iter_num
     return model.to(dev), state
 
 
 def make_optimizer(model, state):
-    claim_out_dir(state)  # training writes out_dir: this run alone
+    state.lock = claim_out_dir(os.path.join(ROOT, out_dir))  # training writes out_dir: this run alone
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     if state.ckpt is not None:
         optimizer.load_state_dict(state.ckpt['optimizer'])
@@ -266,8 +209,8 @@ def train(dev, model, optimizer, data, state):
         ix = data.train.random_starts((batch_size,), block_size, state.data_rng)
         _, loss = model(*get_batch(data.train, ix, block_size, dev))
         if not math.isfinite(loss.item()):
-            die(f"the loss is not finite at step {state.iter_num}; stopped, and {state.ckpt_path} keeps the last good "
-                f"state. Try a lower learning_rate")
+            kept = f"{state.ckpt_path} keeps step {state.saved}" if state.saved is not None else "none was saved"
+            die(f"the loss is not finite at step {state.iter_num}; stopped, and {kept}. Try a lower learning_rate")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

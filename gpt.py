@@ -13,18 +13,11 @@ import inspect
 import json
 import math
 import os
-import pickle
 import signal
 import sys
 import time
-import warnings
 from contextlib import nullcontext
 from types import SimpleNamespace
-
-try:
-    import fcntl  # the out_dir lock; Windows has none, and runs without it
-except ImportError:
-    fcntl = None
 
 import numpy as np
 import torch
@@ -33,6 +26,7 @@ from torch.nn import functional as F
 import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint as recompute
 
+from checkpoint import claim_out_dir, die, load_checkpoint, save_checkpoint
 from configurator import configure, knobs
 from tokenizer import description_in, from_description
 
@@ -103,10 +97,6 @@ stop = ''  # end a sample at this text; '' means none, or the end marker of a da
 # -----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CONFIGURED = {}  # the knobs that a config file or the command line set (configurator.py fills it)
-
-
-def die(msg):
-    sys.exit(f"error: {msg}")
 
 
 def pick_device(name):
@@ -411,50 +401,6 @@ def sample_next(logits, temperature, top_k=0, top_p=1.0, generator=None):
 
 
 # ----------------------------------------------------------------- checkpoints
-def save_checkpoint(path, ckpt):
-    """Write to a temp file, fsync, then rename: a crash leaves the old checkpoint or the new one. A write
-    that fails (a full disk) removes the temp file and stops in one line; the old checkpoint stays."""
-    tmp = path + '.tmp'
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, 'wb') as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-        kept = f"{path} keeps the last good state" if os.path.exists(path) else "no checkpoint was written"
-        die(f"could not save {path} ({e.strerror or e}); nothing partial is left, and {kept}")
-
-
-def load_checkpoint(path, model_type, tok=None):
-    """A checkpoint as plain data (weights_only: no pickled code runs), checked against the dataset's tokenizer."""
-    if not os.path.isfile(path):
-        die(f"no checkpoint at {path}; train first (init_from='scratch')")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')  # torch warns about the pickle protocol of foreign files
-            ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError:
-        die(f"{path} is not a loadable checkpoint: it is not plain tensors and data, or is damaged "
-            "(weights_only refused it; nothing in it ran)")
-    except Exception as e:
-        die(f"{path} is not a loadable checkpoint: truncated or not a torch file ({type(e).__name__})")
-    if not isinstance(ckpt, dict) or ckpt.get('model_type') != model_type or 'model_args' not in ckpt:
-        die(f"{path} is not a {model_type} checkpoint written by {model_type}.py")
-    theirs = description_in(ckpt)
-    if tok is not None and theirs != tok.describe():
-        name = lambda d: f"{d.get('type')}, {len(d.get('chars') or d.get('merges') or [])} chars or merges"
-        its = ckpt.get('config', {}).get('dataset', 'ITS_DATASET')
-        die(f"{path} was trained on another vocabulary, dataset '{its}' ({name(theirs)}), than '{dataset}' "
-            f"({name(tok.describe())}): "
-            f"add --dataset={its}, or encode your text with its tokenizer: python prepare.py --input=FILE "
-            f"--dataset=NAME --tokenizer_from={its}")
-    return ckpt
-
-
 def full_weights(path, ckpt, tok, merge=True):
     """All of a checkpoint's weights. A LoRA checkpoint holds only its adapters: its base's weights come from
     the base checkpoint, once checked to be the very file they trained on, with the adapters merged in
@@ -465,7 +411,7 @@ def full_weights(path, ckpt, tok, merge=True):
     base, problem = ckpt['base'], base_problem(ckpt['base'])
     if problem:
         die(f"{path} is a LoRA checkpoint on the base {base['path']}, which {problem}")
-    weights = full_weights(base['path'], load_checkpoint(base['path'], 'gpt', tok), tok)
+    weights = full_weights(base['path'], load_checkpoint(base['path'], 'gpt', tok, dataset), tok)
     return merged_weights(GPT(**ckpt['model_args']), weights, ckpt) if merge else weights
 
 
@@ -494,7 +440,8 @@ def check_config(data):
         (optimizer in ('adamw', 'muon'), f"optimizer must be 'adamw' or 'muon', not '{optimizer}'"),
         (schedule in ('cosine', 'wsd'), f"schedule must be 'cosine' or 'wsd', not '{schedule}'"),
         (weight_init in ('nanogpt', 'pytorch'), f"weight_init must be 'nanogpt' or 'pytorch', not '{weight_init}'"),
-        (not (rope and pos) or n_embd // max(n_head, 1) % 2 == 0, f"rope needs an even head size, not {n_embd // max(n_head, 1)}"),
+        (not (rope and pos) or n_embd // max(n_head, 1) % 2 == 0,
+         f"rope needs an even head size, not {n_embd // max(n_head, 1)}"),
         (not (relu and relu2), "relu and relu2 are two choices of one activation: set one of them"),
         (quantize in ('', 'int8', 'nf4'), f"quantize must be '', 'int8' or 'nf4', not '{quantize}'"),
         (lora_rank >= 0, f"lora_rank must be >= 0 (0 is off), not {lora_rank}"),
@@ -504,7 +451,7 @@ def check_config(data):
         (not export or (init_from not in ('scratch', 'resume') and max_iters == 0 and not eval_only),
          "export writes a checkpoint's model out: --init_from=PATH --max_iters=0 --out_dir=NEW"),
         (not export or not os.path.exists(os.path.join(ROOT, out_dir, 'ckpt.pt')),
-         f"{os.path.join(out_dir, 'ckpt.pt')} exists, and export never writes over a checkpoint: give another --out_dir"),
+         f"{os.path.join(out_dir, 'ckpt.pt')} exists, and export never writes over a checkpoint: give a new --out_dir"),
     ]
     for ok, msg in problems:
         if not ok:
@@ -542,7 +489,8 @@ def build_model(run, data):
     """The model: fresh ('scratch'), the run in out_dir ('resume'), or another checkpoint's weights to fine-tune
     (init_from=PATH, from step 0; with LoRA if lora_rank > 0). Also the state that the later steps share."""
     state = SimpleNamespace(iter_num=0, best_val_loss=math.inf, train_time=0.0, lr=0.0, tokens_per_iter=0,
-                            flops_per_iter=0, ckpt=None, lora=None, base=None, saved=None, lock=None, tokenizer=data.tok.describe(),
+                            flops_per_iter=0, ckpt=None, lora=None, base=None, saved=None, lock=None,
+                            tokenizer=data.tok.describe(),
                             ckpt_path=os.path.join(ROOT, out_dir, 'ckpt.pt'), config=knobs(globals()),
                             data_rng=torch.Generator().manual_seed(seed),  # the same on every process: the global batch
                             template={k: data.meta[k] for k in ('sep', 'end') if k in data.meta},
@@ -551,7 +499,7 @@ def build_model(run, data):
     torch.manual_seed(seed + run.rank)  # dropout differs between processes; the batches come from data_rng
     weights = None
     if init_from == 'resume':
-        ckpt = state.ckpt = load_checkpoint(state.ckpt_path, 'gpt', data.tok)
+        ckpt = state.ckpt = load_checkpoint(state.ckpt_path, 'gpt', data.tok, dataset)
         state.iter_num, state.best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
         state.saved = state.iter_num  # the step that a fault leaves in place
         state.train_time = ckpt.get('train_time', 0.0)  # seconds trained so far: max_time is for the whole run
@@ -566,7 +514,7 @@ def build_model(run, data):
                                                                                                  state.ckpt_path):
             die(f"--init_from={init_from} is this run's own checkpoint; the fine-tuned model would be written "
                 f"over it: give another --out_dir")
-        ckpt = load_checkpoint(path, 'gpt', data.tok)
+        ckpt = load_checkpoint(path, 'gpt', data.tok, dataset)
         weights = full_weights(path, ckpt, data.tok)
         if lora_rank:  # a new LoRA run: the adapters' settings, and which file their base is
             from lora import sha256
@@ -696,26 +644,6 @@ def export_checkpoint(run, model, state):
         state.lora = None
     save(run, model, [], state)
     run.log(f"wrote {state.ckpt_path}: the model of {init_from}, as an ordinary checkpoint")
-
-
-def claim_out_dir(run, state):
-    """One run writes an out_dir at a time: process 0 holds a lock on <out_dir>/run.lock, and a second run there
-    is refused. The OS lets go of it when the process ends, however it ends (kill -9 too): nothing stale blocks."""
-    path = os.path.join(ROOT, out_dir, 'run.lock')
-    if not run.master or fcntl is None:
-        return
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        state.lock = open(path, 'a+')
-        fcntl.flock(state.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        state.lock.seek(0)
-        die(f"{out_dir} is in use by {state.lock.read().strip() or 'another run'}; let it end, or give another --out_dir")
-    except OSError as e:
-        die(f"cannot write {path} ({e.strerror or e}); give another --out_dir")
-    state.lock.truncate(0)
-    state.lock.write(f"process {os.getpid()} ({' '.join(sys.argv)})\n")
-    state.lock.flush()
 
 
 def compile_and_wrap(run, model, data):
@@ -986,11 +914,11 @@ def main():
     model, state = build_model(run, data)  # scratch, resume, or a checkpoint to fine-tune
     trained = False
     if state.iter_num < max_iters and not eval_only:
-        claim_out_dir(run, state)  # the runs that write out_dir: training, and export
+        state.lock = run.master and claim_out_dir(os.path.join(ROOT, out_dir))  # training and export write
         optimizers = make_optimizers(run, model, state)
         trained = train(run, model, optimizers, data, state)
     elif export:  # max_iters=0 from a checkpoint, asked to write it out
-        claim_out_dir(run, state)
+        state.lock = run.master and claim_out_dir(os.path.join(ROOT, out_dir))
         export_checkpoint(run, model, state)
     finish_processes(run)
     if not run.master:
