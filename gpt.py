@@ -912,13 +912,13 @@ def main():
     check_config(data)
     run = setup_processes()  # one process or torchrun's; device and precision
     model, state = build_model(run, data)  # scratch, resume, or a checkpoint to fine-tune
-    trained = False
-    if state.iter_num < max_iters and not eval_only:
-        state.lock = run.master and claim_out_dir(os.path.join(ROOT, out_dir))  # training and export write
+    trained, training = False, state.iter_num < max_iters and not eval_only
+    if run.master and (training or export):  # the runs that write out_dir: one at a time
+        state.lock = claim_out_dir(os.path.join(ROOT, out_dir))
+    if training:
         optimizers = make_optimizers(run, model, state)
         trained = train(run, model, optimizers, data, state)
     elif export:  # max_iters=0 from a checkpoint, asked to write it out
-        state.lock = run.master and claim_out_dir(os.path.join(ROOT, out_dir))
         export_checkpoint(run, model, state)
     finish_processes(run)
     if not run.master:
