@@ -34,9 +34,9 @@ from tokenizer import description_in, from_description
 # -----------------------------------------------------------------------------
 dataset = 'shakespeare_char'  # reads data/<dataset>/ (made by prepare.py)
 out_dir = 'out'  # checkpoint at <out_dir>/ckpt.pt, CSV log at <out_dir>/log.csv; relative to this file
-init_from = 'scratch'  # 'scratch', 'resume' (<out_dir>/ckpt.pt) or a checkpoint's path; max_iters=0 samples, writes nothing
+init_from = 'scratch'  # 'scratch', 'resume' (<out_dir>/ckpt.pt) or a ckpt.pt's path; max_iters=0: only sample
 eval_only = False  # with init_from 'resume' or a path: print the whole-split val loss and bpb, then exit
-export = False  # with init_from=PATH and max_iters=0: write its model (LoRA merged) to a new out_dir
+export = False  # with init_from=PATH, max_iters=0: write its model (LoRA merged) to a new out_dir; else write nothing
 device = 'auto'  # 'auto' picks cuda, then mps, then cpu
 dtype = 'auto'  # 'auto': bf16 on GPUs that have it, else fp16 on CUDA; CPUs: see pick_dtype
 compile = 'auto'  # torch.compile the model: 'auto' means on CUDA only; true/false force it
