@@ -1,6 +1,6 @@
 """
 A bigram language model: each token predicts the next from a table of logits. The baseline for gpt.py,
-which shares its scaffolding and steps (main()): `diff bigram.py gpt.py` shows mostly the model.
+which has the same sections, helper names and steps (main()), grown for a GPT run (README: the lecture's path).
 
     python prepare.py          # once: writes data/shakespeare_char/
     python bigram.py           # trains 3000 steps in a few seconds, prints losses and a sample

@@ -1,6 +1,11 @@
 """
-The GPT of the "Let's build GPT" lecture, in one file read from top to bottom: the data, the model,
-sampling, checkpoints, and the steps of a run: optimizer, training, evaluation (main() lists them).
+A GPT in one file, read from top to bottom: the data, the model, sampling, checkpoints, and the steps of a
+run: optimizer, training, evaluation (main() lists them).
+
+The model is the lecture's ("Let's build GPT"), each of its parts one switch. By default `python gpt.py`
+trains it with modern parts, which did better at equal time on a CPU (docs/results.md, the ablation): RoPE,
+RMSNorm, QK-norm, a tied head, the Muon optimizer and a warmup-stable-decay schedule. The lecture's own parts
+and recipe are config/lecture/parts.py; config/lecture_cpu.py runs them at this file's default size.
 
     python prepare.py                                  # once: writes data/shakespeare_char/
     python gpt.py                                      # trains a small GPT on a CPU, then samples
@@ -47,7 +52,7 @@ n_head = 4
 n_embd = 128
 block_size = 64  # the longest context the model sees
 dropout = 0.0
-# newer parts, each one switch (config/classic.py turns them all off for the classic GPT)
+# modern parts, each one switch (config/classic.py turns them all off: nanoGPT's GPT-2 parts)
 rope = True  # rotary position embeddings instead of a learned position table
 rmsnorm = True  # RMSNorm instead of LayerNorm
 qk_norm = True  # normalize queries and keys before attention
@@ -73,7 +78,7 @@ learning_rate = 2e-3  # peak rate, after warmup
 min_lr = 2e-4  # the decay ends here
 warmup_iters = 100
 lr_decay_iters = 0  # steps of warmup plus decay; 0 means max_iters
-weight_decay = 0.1  # on matrices only
+weight_decay = 0.1  # AdamW's, on the matrices it trains (under Muon: embeddings, head; Muon's get none)
 beta1 = 0.9
 beta2 = 0.99
 grad_clip = 1.0  # clip the gradient norm to this; 0 disables
@@ -212,34 +217,45 @@ class MultiHeadAttention(nn.Module):
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
         self.qk_norm = qk_norm  # normalize each query and key: keeps attention logits in range at high lr
-        self.use_sdpa = True  # False runs the explicit masked softmax below, the readable reference
+        self.use_sdpa = True  # False runs attention(), the lecture's explicit masked softmax
+
+    def attention(self, q, k, v):
+        """The lecture's attention, written out: scores, the causal mask, softmax, dropout, a weighted sum of
+        values. q is (B, nh, T, hs); k and v are (B, nh, L, hs), L >= T: with the KV cache, keys of earlier
+        positions come first, and query t sits at position L - T + t."""
+        T, L = q.size(2), k.size(2)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, T, L): how much each query likes each key
+        causal = torch.ones(T, L, dtype=torch.bool, device=q.device).tril(L - T)  # query t sees keys up to its own
+        att = F.softmax(att.masked_fill(~causal, float('-inf')), dim=-1)
+        self.att = att.detach()  # what each query looks at: plot.py --attention draws it
+        return F.dropout(att, self.dropout, self.training) @ v  # (B, nh, T, hs)
 
     def forward(self, x, rope=None, cache=None, layer=0):
+        """rope: the (cos, sin) of these positions, or None; cache: a KVCache while sampling (defined with the
+        sampling code below), else None; layer: which of the cache's layers is this block's."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        if self.qk_norm:
+        if self.qk_norm:  # modern parts, beyond the lecture: normalize queries and keys, and turn them by position
             q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, nh, L, hs): this chunk's keys after the cached ones
-        L = k.size(2)
-        dropout_p = self.dropout if self.training else 0.0
-        if self.use_sdpa:  # fused kernels (flash attention on GPUs); is_causal masks top-left, so only for T == L
-            # one new query (cached sampling) sees every key: no mask to build
-            mask = None if T == L or T == 1 else torch.ones(T, L, dtype=torch.bool, device=x.device).tril(L - T)
-            with torch.autocast('cpu', enabled=False):  # on a CPU in fp32: its fused bf16 backward is ~5x slower
-                q, k, v = (t.float() for t in (q, k, v)) if x.device.type == 'cpu' else (q, k, v)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=T == L)
-        else:
-            att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, T, L)
-            causal = torch.ones(T, L, dtype=torch.bool, device=x.device).tril(L - T)  # query t sees keys <= t
-            att = F.softmax(att.masked_fill(~causal, float('-inf')), dim=-1)
-            self.att = att.detach()  # what each query looks at: plot.py --attention draws it
-            y = F.dropout(att, dropout_p, self.training) @ v  # (B, nh, T, hs)
+        if cache is not None:  # sampling: this chunk's keys and values after the cached ones, (B, nh, L, hs)
+            k, v = cache.update(layer, k, v)
+        y = self.fused_attention(q, k, v) if self.use_sdpa else self.attention(q, k, v)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: the lecture's torch.cat
         return self.resid_dropout(self.c_proj(y))
+
+    def fused_attention(self, q, k, v):
+        """The same numbers as attention() from PyTorch's fused kernel (flash attention on GPUs), which never
+        stores the (T, L) matrix. Its is_causal masks top-left, so it serves T == L; one new query (cached
+        sampling) sees every key and needs no mask; other shapes pass the mask."""
+        T, L = q.size(2), k.size(2)
+        mask = None if T == L or T == 1 else torch.ones(T, L, dtype=torch.bool, device=q.device).tril(L - T)
+        with torch.autocast('cpu', enabled=False):  # on a CPU in fp32: its fused bf16 backward is ~5x slower
+            q, k, v = (t.float() for t in (q, k, v)) if q.device.type == 'cpu' else (q, k, v)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training
+                                                  else 0.0, is_causal=T == L)
 
 
 class FeedForward(nn.Module):
@@ -281,7 +297,7 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """The classic GPT by default: a newer switch swaps a part for a newer one; a lecture's switch leaves it out."""
+    """nanoGPT's GPT-2 by its arguments' defaults; a modern switch swaps in a newer part, a lecture's switch its own."""
 
     def __init__(self, vocab_size, block_size, n_layer, n_head, n_embd, dropout=0.0, rope=False, rmsnorm=False,
                  qk_norm=False, relu2=False, tie_weights=True, bias=False, relu=False, ffn=True, residual=True,
@@ -489,8 +505,8 @@ def build_model(run, data):
     """The model: fresh ('scratch'), the run in out_dir ('resume'), or another checkpoint's weights to fine-tune
     (init_from=PATH, from step 0; with LoRA if lora_rank > 0). Also the state that the later steps share."""
     state = SimpleNamespace(iter_num=0, best_val_loss=math.inf, train_time=0.0, lr=0.0, tokens_per_iter=0,
-                            flops_per_iter=0, ckpt=None, lora=None, base=None, saved=None, lock=None,
-                            tokenizer=data.tok.describe(),
+                            flops_per_iter=0, ckpt=None, lora=None, base=None, lock=None, tokenizer=data.tok.describe(),
+                            kept='no checkpoint was written',  # what a fault leaves in place, said when it stops
                             ckpt_path=os.path.join(ROOT, out_dir, 'ckpt.pt'), config=knobs(globals()),
                             data_rng=torch.Generator().manual_seed(seed),  # the same on every process: the global batch
                             template={k: data.meta[k] for k in ('sep', 'end') if k in data.meta},
@@ -501,7 +517,7 @@ def build_model(run, data):
     if init_from == 'resume':
         ckpt = state.ckpt = load_checkpoint(state.ckpt_path, 'gpt', data.tok, dataset)
         state.iter_num, state.best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
-        state.saved = state.iter_num  # the step that a fault leaves in place
+        state.kept = f"{state.ckpt_path} keeps step {state.iter_num}"
         state.train_time = ckpt.get('train_time', 0.0)  # seconds trained so far: max_time is for the whole run
         state.lora, state.base = ckpt.get('lora'), ckpt.get('base')
         if lora_rank and not state.lora:
@@ -553,8 +569,8 @@ def keep_settings(state, theirs):
 
 
 def make_optimizers(run, model, state):
-    """AdamW (weight decay on matrices only), plus Muon for the blocks' matrices; only AdamW on a LoRA
-    update. On resume, their state, the step's RNG streams and the data order come back."""
+    """AdamW, with weight decay on the matrices it trains, plus Muon (no weight decay) for the blocks' matrices;
+    only AdamW on a LoRA update. On resume, their state, the step's RNG streams and the data order come back."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if state.lora:
         optimizers = [torch.optim.AdamW(params.values(), lr=learning_rate, betas=(beta1, beta2), weight_decay=0.0,
@@ -592,11 +608,6 @@ def make_optimizers(run, model, state):
     return optimizers
 
 
-def kept(state):
-    """What a run that stops on a fault leaves: its last checkpoint, or none."""
-    return f"{state.ckpt_path} keeps step {state.saved}" if state.saved is not None else "no checkpoint was written"
-
-
 def every_rank(run, t):
     """This process's tensor t, stacked with every other process's (rows in rank order)."""
     if not run.ddp:
@@ -621,7 +632,7 @@ def save(run, model, optimizers, state):
     """Every process calls this, so that each one's RNG state goes in; process 0 writes the file. A LoRA run
     saves only its adapters, with the path and sha256 of the base they need."""
     if not all(torch.isfinite(p).all() for p in model.parameters()):
-        die(f"the weights are not finite at step {state.iter_num}; not saved, {kept(state)}")
+        die(f"the weights are not finite at step {state.iter_num}; not saved, {state.kept}")
     rng = {'torch': every_rank(run, torch.get_rng_state()), 'data': state.data_rng.get_state(),
            'cuda': every_rank(run, torch.cuda.get_rng_state()) if run.dev_type == 'cuda' else None}
     weights = {k: v for k, v in model.state_dict().items() if 'lora_' in k or not state.lora}
@@ -632,12 +643,11 @@ def save(run, model, optimizers, state):
             'train_time': state.train_time, 'config': state.config, 'tokenizer': state.tokenizer,
             'template': state.template, 'rng': rng,
             **({'lora': state.lora, 'base': state.base} if state.lora else {})})
-    state.saved = state.iter_num
+    state.kept = f"{state.ckpt_path} keeps step {state.iter_num}"
 
 
 def export_checkpoint(run, model, state):
-    """--export: the model of init_from (a LoRA update merged in) as an ordinary checkpoint, in an out_dir that
-    holds none (check_config). Every process comes here, as save() gathers from each."""
+    """--export: init_from's model (LoRA merged) as an ordinary checkpoint. Every process: save() gathers."""
     if state.lora:
         from lora import merge_lora
         merge_lora(model)
@@ -740,7 +750,7 @@ def evaluate_and_save(run, model, raw_model, optimizers, data, state):
     losses = estimate_loss(model, splits, batch_size, raw_model.block_size, eval_iters, run.dev, run.ctx)
     run.log(f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
     if not math.isfinite(losses['train'] + losses['val']):
-        die(f"the loss is not finite at step {state.iter_num}; not saved, {kept(state)}")
+        die(f"the loss is not finite at step {state.iter_num}; not saved, {state.kept}")
     state.best_val_loss = min(state.best_val_loss, losses['val'])
     write_csv(run, state, 'eval', losses['train'], losses['val'], losses['val'] / math.log(2) / data.bytes_per_token)
     if state.iter_num > 0:
@@ -796,7 +806,7 @@ def train_step(run, model, raw_model, optimizers, data, state):
             _, loss = model(x, y)
         run.scaler.scale(loss / gradient_accumulation_steps).backward()
     if agree(run, not math.isfinite(loss.item()))[0]:
-        die(f"the loss is not finite at step {state.iter_num}; stopped, {kept(state)}. Try a lower learning_rate")
+        die(f"the loss is not finite at step {state.iter_num}; stopped, {state.kept}. Try a lower learning_rate")
     if grad_clip > 0:
         for opt in optimizers:
             run.scaler.unscale_(opt)

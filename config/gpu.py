@@ -1,6 +1,7 @@
-# A GPU run: the lecture's size (6 layers, 6 heads, 384 wide, block 256, ~10.7M parameters) with
-# gpt.py's default newer parts (Muon, WSD, RoPE, RMSNorm, QK-norm). On CUDA, gpt.py picks bf16
-# autocast (fp16 + GradScaler on GPUs without bf16), TF32, flash attention, fused AdamW and torch.compile.
+# A GPU run: the lecture's size (6 layers, 6 heads, 384 wide, block 256, ~10.7M parameters) with gpt.py's
+# modern parts, its defaults (Muon, WSD, RoPE, RMSNorm, QK-norm; config/lecture_gpu.py has the lecture's).
+# On CUDA, gpt.py picks bf16 autocast (fp16 + GradScaler on GPUs without bf16), TF32, flash attention,
+# fused AdamW and torch.compile.
 #   python gpt.py config/gpu.py
 #   python gpt.py config/gpu.py --max_time=30        # a 30-second budget
 #   torchrun --standalone --nproc_per_node=8 gpt.py config/gpu.py

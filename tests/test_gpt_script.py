@@ -325,3 +325,30 @@ def test_attention_title_names_what_was_drawn():
     assert "the last 7 tokens of the prompt, 'Citizen'" in title.replace('\n', ' ')
     assert max(len(line) for line in title.splitlines()) <= 3.8 * 13
     assert "attention over 'Citizen':" in plot.attention_title('Citizen', list('Citizen'), 20)
+
+
+LECTURE_PARTS = dict(rope=False, rmsnorm=False, qk_norm=False, relu2=False, relu=True, bias=True, tie_weights=False,
+                     weight_init='pytorch', optimizer='adamw', ffn=True, residual=True, norm=True, pos=True)
+GPT2_PARTS = dict(rope=False, rmsnorm=False, qk_norm=False, relu2=False, relu=False, bias=False, tie_weights=True,
+                  weight_init='nanogpt', optimizer='adamw')
+
+
+@pytest.mark.parametrize('config, parts', [
+    ('config/lecture_gpu.py', LECTURE_PARTS), ('config/lecture_cpu.py', LECTURE_PARTS),
+    ('config/lecture/layernorm.py', LECTURE_PARTS), ('config/classic.py', GPT2_PARTS)])
+def test_configs_use_the_parts_they_name(config, parts, capsys):
+    """One definition of the lecture's parts (config/lecture/parts.py), used by every config that names them."""
+    import gpt
+    from configurator import configure
+    scope = dict(vars(gpt))
+    cwd = os.getcwd()
+    os.chdir(REPO)  # config files import config.lecture.* from the project's folder
+    try:
+        configure(scope, [config])
+    finally:
+        os.chdir(cwd)
+    assert {k: scope[k] for k in parts} == parts
+    assert scope['min_lr'] == scope['learning_rate'] or parts is GPT2_PARTS  # the lecture's constant rate
+    if config == 'config/lecture_gpu.py':  # the lecture's scaled-up model
+        assert (scope['n_layer'], scope['n_head'], scope['n_embd'], scope['block_size'], scope['dropout']) == \
+            (6, 6, 384, 256, 0.2)
