@@ -1,5 +1,5 @@
 # nanoGPT's published CPU recipe for shakespeare_char, the reference the README compares with:
-# 4 layers x 128 wide, block 64, batch 12, 2000 iterations, lr 1e-3, no dropout, classic parts.
+# 4 layers x 128 wide, block 64, batch 12, 2000 iterations, lr 1e-3, no dropout, nanoGPT's GPT-2 parts.
 #   python gpt.py config/nanogpt_cpu.py
 out_dir = 'out-nanogpt-cpu'
 device = 'cpu'
