@@ -1,0 +1,47 @@
+"""sweep.py: a grid over knobs and seeds, its table, CSV and picture, resuming, and its refusals."""
+import csv
+import os
+import re
+
+import pytest
+
+import sweep
+from conftest import TINY, run_process
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--n_layr=1,2'], "unknown config key 'n_layr' (did you mean 'n_layer'?)"),
+    (['--n_layer=1,,2'], 'has an empty value'),
+    (['--n_layer=1,two'], "n_layer='two' is not a valid int"),
+    (['--dropout=0.1,x'], "dropout='x' is not a valid float"),
+    (['--n_layer=1,2', '--seeds=0'], '--seeds must be a whole number of at least 1'),
+    (['--n_layer=1,2', '--seeds=two'], '--seeds must be a whole number of at least 1'),
+    (['--n_layer=1,2', 'config/nothing.py'], "config file 'config/nothing.py' not found"),
+])
+def test_a_bad_grid_is_refused_before_anything_runs(proj, monkeypatch, capsys, args, message):
+    monkeypatch.setattr(sweep, 'ROOT', str(proj))
+    with pytest.raises(SystemExit) as e:
+        sweep.main([*args, '--out_dir=sw'])
+    assert str(e.value).startswith('sweep: ') and message in str(e.value) and '\n' not in str(e.value)
+    assert not (proj / 'sw').exists() and 'running' not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_two_seeds_table_csv_picture_a_failed_run_and_resume(proj):
+    args = ['sweep.py', '--n_head=1,2,3', '--seeds=2', *TINY, '--max_iters=6', '--out_dir=sw']
+    r = run_process(proj, *args)
+    assert r.returncode == 0, r.stderr
+    row = r'^\| (\d) \| ([\d.]+) ± ([\d.]+) \| ([\d.]+) ± [\d.]+ \| 6 \| [\d.]+ \| 2 ok \|$'  # n_head, bpb, loss
+    rows = re.findall(row, r.stdout, re.M)
+    assert [row[0] for row in rows] == ['1', '2'] and all(float(row[2]) > 0 for row in rows)  # two seeds differ
+    failed = r'^\| 3 \|.*0 ok, failed: error: n_embd \(32\) must be a multiple of n_head \(3\) \|$'
+    assert re.search(failed, r.stdout, re.M)
+    with open(proj / 'sw' / 'sweep.csv') as f:
+        runs = list(csv.DictReader(f))
+    assert [(x['n_head'], x['seed']) for x in runs] == [(h, s) for h in '123' for s in ('1337', '1338')]
+    assert sum(x['status'] == 'ok' for x in runs) == 4 and (proj / 'sw' / 'sweep.png').stat().st_size > 1000
+    again = run_process(proj, *args)  # the finished runs are skipped; the failed ones are tried again
+    assert again.returncode == 0 and again.stdout.count('done already') == 4 and again.stdout.count(': running') == 2
+    assert [line for line in again.stdout.splitlines() if line.startswith('| 1 |')] == \
+        [line for line in r.stdout.splitlines() if line.startswith('| 1 |')]
+    assert len(os.listdir(proj / 'sw')) == 4 + 2  # a folder for each run that ran (a refused one writes nothing)
