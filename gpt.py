@@ -14,6 +14,7 @@ and recipe are config/lecture/parts.py; config/lecture_cpu.py runs them at this 
 The next steps are one knob each, and the README shows their commands: BPE tokens (prepare.py),
 gradient_checkpointing, quantize (quant.py), lora_rank (lora.py), instruction pairs and torchrun.
 """
+import gc
 import inspect
 import json
 import math
@@ -456,8 +457,7 @@ def check_config(data):
         (optimizer in ('adamw', 'muon'), f"optimizer must be 'adamw' or 'muon', not '{optimizer}'"),
         (schedule in ('cosine', 'wsd'), f"schedule must be 'cosine' or 'wsd', not '{schedule}'"),
         (weight_init in ('nanogpt', 'pytorch'), f"weight_init must be 'nanogpt' or 'pytorch', not '{weight_init}'"),
-        (not (rope and pos) or n_embd // max(n_head, 1) % 2 == 0,
-         f"rope needs an even head size, not {n_embd // max(n_head, 1)}"),
+        (not (rope and pos) or n_embd // max(n_head, 1) % 2 == 0, "rope needs an even head size, n_embd // n_head"),
         (not (relu and relu2), "relu and relu2 are two choices of one activation: set one of them"),
         (quantize in ('', 'int8', 'nf4'), f"quantize must be '', 'int8' or 'nf4', not '{quantize}'"),
         (lora_rank >= 0, f"lora_rank must be >= 0 (0 is off), not {lora_rank}"),
@@ -526,8 +526,7 @@ def build_model(run, data):
         weights = full_weights(state.ckpt_path, ckpt, data.tok, merge=False)  # a LoRA run: its base
     elif init_from != 'scratch':
         path = os.path.join(ROOT, init_from)  # relative paths start at this file's folder, like out_dir
-        if max_iters > 0 and not eval_only and os.path.isfile(state.ckpt_path) and os.path.samefile(path,
-                                                                                                 state.ckpt_path):
+        if max_iters and not eval_only and os.path.isfile(state.ckpt_path) and os.path.samefile(path, state.ckpt_path):
             die(f"--init_from={init_from} is this run's own checkpoint; the fine-tuned model would be written "
                 f"over it: give another --out_dir")
         ckpt = load_checkpoint(path, 'gpt', data.tok, dataset)
@@ -624,6 +623,7 @@ def agree(run, *values):
 
 def finish_processes(run):
     if run.ddp:
+        gc.collect()  # free the DDP wrapper (its reducer sits in reference cycles) while its process group lives
         dist.barrier()  # leave together: no process exits while another still talks to it
         dist.destroy_process_group()
 
