@@ -101,12 +101,16 @@ def mean_std(xs):
 def report(swept, done, out_dir):
     """The Markdown table (a row for each combination), sweep.csv (a row for each run) and sweep.png."""
     keys = list(swept)
-    with open(os.path.join(ROOT, out_dir, 'sweep.csv'), 'w', newline='') as f:
-        w = csv.writer(f)
-        w.writerow([*keys, 'seed', 'val_bpb', 'val_loss', 'steps', 'time_s', 'status'])
-        for combo, seed, r in done:
-            w.writerow([*combo.values(), seed, *(r.get(k, '') for k in ('val_bpb', 'val_loss', 'steps', 'time_s')),
-                        r['status']])
+    try:
+        os.makedirs(os.path.join(ROOT, out_dir), exist_ok=True)
+        with open(os.path.join(ROOT, out_dir, 'sweep.csv'), 'w', newline='') as f:
+            w = csv.writer(f)
+            w.writerow([*keys, 'seed', 'val_bpb', 'val_loss', 'steps', 'time_s', 'status'])
+            for combo, seed, r in done:
+                w.writerow([*combo.values(), seed, *(r.get(k, '') for k in ('val_bpb', 'val_loss', 'steps',
+                                                                             'time_s')), r['status']])
+    except OSError as e:
+        die(f"cannot write {os.path.join(out_dir, 'sweep.csv')} ({e.strerror or e})")
     groups = {}
     for combo, seed, r in done:
         groups.setdefault(tuple(combo.values()), []).append(r)
@@ -163,7 +167,6 @@ def main(argv):
         print(f"[{i}/{len(todo)}] {folder}: running", flush=True)
         done.append((combo, seed, run_one(folder, args)))
         print(f"    {done[-1][2]}", flush=True)
-    os.makedirs(os.path.join(ROOT, out_dir), exist_ok=True)
     report(swept, done, out_dir)
 
 
