@@ -141,7 +141,7 @@ def draw(keys, groups, target):
         label = ', '.join(f"{k}={v}" for k, v in zip(keys[1:], line)) or None
         ax.errorbar([i for i, _ in pts], [statistics.mean(b) for _, b in pts], capsize=3, marker='o', label=label,
                     yerr=[statistics.stdev(b) if len(b) > 1 else 0 for _, b in pts])
-    ax.set_xticks(range(len(xs)), xs)
+    ax.set_xticks(range(len(xs)), xs, rotation=20 if max(map(len, xs)) > 6 else 0)  # long names: tilted
     ax.set_xlabel(keys[0])
     ax.set_ylabel('whole-split val bpb (mean ± std over seeds)')
     if len(keys) > 1:
