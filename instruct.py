@@ -19,26 +19,19 @@ class PairSplit:
         self.ids, self.mask = ids, mask
         m = np.asarray(mask)  # a pair starts where a response ended (mask 1 -> 0), and at 0
         self.starts = np.concatenate([[0], np.flatnonzero((m[:-1] == 1) & (m[1:] == 0)) + 1])
-
-    def pair_windows(self, block_size):
-        """For each pair, where its window starts and the position of its last token. A window starts at the
-        pair's start, so it begins with the prompt; a pair longer than a window starts later, so that the
-        window still ends with the whole response."""
-        last = np.append(self.starts[1:], len(self.ids)) - 1
-        return np.maximum(self.starts, last - block_size), last
+        self.ends = np.append(self.starts[1:], len(ids)) - 1  # each pair's last token
 
     def eval_windows(self, block_size):
         """The whole-split loss's windows: each pair cut into consecutive windows from its start, so that every
         response token is scored once, seeing as much of its own pair as the window holds before it."""
-        ends = np.append(self.starts[1:], len(self.ids)) - 1  # each pair's last token
-        starts = [np.arange(s, e, block_size) for s, e in zip(self.starts, ends)]
-        last = [np.minimum(w + block_size, e) for w, e in zip(starts, ends)]
+        starts = [np.arange(s, e, block_size) for s, e in zip(self.starts, self.ends)]
+        last = [np.minimum(w + block_size, e) for w, e in zip(starts, self.ends)]
         return np.concatenate(starts), np.concatenate(last)
 
     def random_starts(self, shape, block_size, generator):
-        """Where training and eval windows start: at a pair's window, so that every window holds response
-        tokens to learn from."""
-        starts = self.pair_windows(block_size)[0]
+        """Where training and eval windows start: at a pair's start, so that a window begins with the prompt;
+        a pair longer than a window starts later, so that the window still ends with the whole response."""
+        starts = np.maximum(self.starts, self.ends - block_size)
         starts = torch.from_numpy(starts[starts + block_size < len(self.ids)])
         return starts[torch.randint(len(starts), shape, generator=generator)]
 

@@ -38,13 +38,12 @@ def die(msg):
 
 def parse(argv):
     """Config files, the swept knobs ({key: [values as typed]}), the knobs for every run, seeds and out_dir."""
-    configs = [a for a in argv if not a.startswith('--')]
-    swept, fixed, seeds, out_dir = {}, [], 1, os.path.join('sweeps', 'sweep')
+    configs, swept, fixed, seeds, out_dir = [], {}, [], 1, os.path.join('sweeps', 'sweep')
     for arg in argv:
         key, _, value = arg[2:].partition('=')
         if not arg.startswith('--'):
-            continue
-        if key == 'seeds':
+            configs.append(arg)
+        elif key == 'seeds':
             seeds = int(value) if value.isdigit() else 0
             if seeds < 1:
                 die(f"--seeds must be a whole number of at least 1, not '{value}'")
@@ -60,22 +59,21 @@ def parse(argv):
 
 
 def runs(configs, swept, fixed, seeds, out_dir):
-    """Every run: (the combination's values, seed, its folder, gpt.py's arguments), each checked by gpt.py's
-    configurator, which refuses an unknown knob (with a suggestion) or a value of the wrong type."""
+    """Every run: (the combination's values, seed, its folder, gpt.py's arguments). Each combination is checked
+    first by gpt.py's configurator, which refuses an unknown knob (with a suggestion) or a value of the wrong type."""
     todo = []
     for values in itertools.product(*swept.values()):
         combo = dict(zip(swept, values))
+        args = [*configs, *fixed, *(f'--{k}={v}' for k, v in combo.items())]
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                configure(dict(vars(gpt)), args)
+            except SystemExit as e:
+                die(f"{e.code} (in {' '.join(args)})")
         for seed in range(1337, 1337 + seeds):
             name = '-'.join(f"{k}={v}" for k, v in combo.items()) + f"-seed={seed}" if combo else f"seed={seed}"
             folder = os.path.join(out_dir, re.sub(r'[^\w.=-]', '_', name))
-            args = [*configs, *fixed, *(f'--{k}={v}' for k, v in combo.items()), f'--seed={seed}',
-                    f'--out_dir={folder}', '--max_new_tokens=0']
-            with contextlib.redirect_stdout(io.StringIO()):
-                try:
-                    configure(dict(vars(gpt)), args)
-                except SystemExit as e:
-                    die(f"{e.code} (in {' '.join(args[:-3])})")
-            todo.append((combo, seed, folder, args))
+            todo.append((combo, seed, folder, [*args, f'--seed={seed}', f'--out_dir={folder}', '--max_new_tokens=0']))
     return todo
 
 
