@@ -39,7 +39,7 @@ from tokenizer import description_in, from_description
 
 # -----------------------------------------------------------------------------
 dataset = 'shakespeare_char'  # reads data/<dataset>/ (made by prepare.py)
-out_dir = 'out'  # checkpoint at <out_dir>/ckpt.pt, CSV log at <out_dir>/log.csv; relative to this file
+out_dir = 'out'  # <out_dir>/ckpt.pt: the latest step; best.pt: the lowest val loss; log.csv; relative to this file
 init_from = 'scratch'  # 'scratch', 'resume' (<out_dir>/ckpt.pt) or a ckpt.pt's path; max_iters=0: only sample
 eval_only = False  # with init_from 'resume' or a path: print the whole-split val loss and bpb, then exit
 export = False  # with init_from=PATH, max_iters=0: write its model (LoRA merged) to a new out_dir; else write nothing
@@ -66,6 +66,7 @@ ffn = True  # a feed-forward network in each block
 residual = True  # residual connections, x + f(x); False: x = f(x)
 norm = True  # the norms before attention, before the feed-forward network and before the head
 pos = True  # position information (the learned table, or rope); False: none
+causal = True  # the mask that hides later positions; False lets each one see the future (docs/experiments.md)
 weight_init = 'nanogpt'  # 'nanogpt': N(0, 0.02), projections scaled down by depth; 'pytorch': each layer's own
 # training
 optimizer = 'muon'  # 'muon': Muon for the blocks' matrices, AdamW for the rest; or 'adamw' for all
@@ -210,9 +211,9 @@ class MultiHeadAttention(nn.Module):
     dimension; the transpose back and view(B, T, C) is the lecture's torch.cat of the heads' outputs,
     which c_proj (the lecture's proj) then mixes."""
 
-    def __init__(self, n_embd, n_head, dropout, qk_norm=False, bias=False):
+    def __init__(self, n_embd, n_head, dropout, qk_norm=False, bias=False, causal=True):
         super().__init__()
-        self.n_head = n_head
+        self.n_head, self.causal = n_head, causal
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # query, key and value for all heads at once
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.dropout = dropout
@@ -226,8 +227,9 @@ class MultiHeadAttention(nn.Module):
         positions come first, and query t sits at position L - T + t."""
         T, L = q.size(2), k.size(2)
         att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, T, L): how much each query likes each key
-        causal = torch.ones(T, L, dtype=torch.bool, device=q.device).tril(L - T)  # query t sees keys up to its own
-        att = F.softmax(att.masked_fill(~causal, float('-inf')), dim=-1)
+        seen = torch.ones(T, L, dtype=torch.bool, device=q.device).tril(L - T)  # query t sees keys up to its own
+        seen = seen if self.causal else torch.ones_like(seen)  # the experiment causal=False: it sees all of them
+        att = F.softmax(att.masked_fill(~seen, float('-inf')), dim=-1)
         self.att = att.detach()  # what each query looks at: plot.py --attention draws it
         return F.dropout(att, self.dropout, self.training) @ v  # (B, nh, T, hs)
 
@@ -243,7 +245,7 @@ class MultiHeadAttention(nn.Module):
             q, k = rotate(q, *rope), rotate(k, *rope)
         if cache is not None:  # sampling: this chunk's keys and values after the cached ones, (B, nh, L, hs)
             k, v = cache.update(layer, k, v)
-        y = self.fused_attention(q, k, v) if self.use_sdpa else self.attention(q, k, v)
+        y = self.fused_attention(q, k, v) if self.use_sdpa and self.causal else self.attention(q, k, v)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: the lecture's torch.cat
         return self.resid_dropout(self.c_proj(y))
 
@@ -278,11 +280,11 @@ class Block(nn.Module):
     earlier steps leave out the feed-forward network, the residual connections or the norms."""
 
     def __init__(self, n_embd, n_head, dropout, rmsnorm=False, qk_norm=False, relu2=False, relu=False, bias=False,
-                 ffn=True, residual=True, norm=True):
+                 ffn=True, residual=True, norm=True, causal=True):
         super().__init__()
         Norm = (nn.RMSNorm if rmsnorm else nn.LayerNorm) if norm else (lambda n: nn.Identity())
         self.ln_1 = Norm(n_embd)
-        self.attn = MultiHeadAttention(n_embd, n_head, dropout, qk_norm, bias)
+        self.attn = MultiHeadAttention(n_embd, n_head, dropout, qk_norm, bias, causal)
         if ffn:
             self.ln_2 = Norm(n_embd)
             self.mlp = FeedForward(n_embd, dropout, relu2, relu, bias)
@@ -302,7 +304,7 @@ class GPT(nn.Module):
 
     def __init__(self, vocab_size, block_size, n_layer, n_head, n_embd, dropout=0.0, rope=False, rmsnorm=False,
                  qk_norm=False, relu2=False, tie_weights=True, bias=False, relu=False, ffn=True, residual=True,
-                 norm=True, pos=True, weight_init='nanogpt'):
+                 norm=True, pos=True, weight_init='nanogpt', causal=True):
         super().__init__()
         self.block_size = block_size
         self.wte = nn.Embedding(vocab_size, n_embd)  # token embeddings
@@ -316,7 +318,7 @@ class GPT(nn.Module):
         self.rope, self.pos = rope and pos, pos
         self.drop = nn.Dropout(dropout)
         parts = dict(rmsnorm=rmsnorm, qk_norm=qk_norm, relu2=relu2, relu=relu, bias=bias, ffn=ffn, residual=residual,
-                     norm=norm)
+                     norm=norm, causal=causal)
         self.blocks = nn.ModuleList(Block(n_embd, n_head, dropout, **parts) for _ in range(n_layer))
         self.ln_f = (nn.RMSNorm(n_embd) if rmsnorm else nn.LayerNorm(n_embd)) if norm else nn.Identity()
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=bias)
@@ -452,14 +454,12 @@ def check_config(data):
         (top_k >= 0, f"top_k must be >= 0 (0 keeps all tokens), not {top_k}"),
         (0 < top_p <= 1, f"top_p must be in (0, 1], not {top_p}"),
         (prompt != '', "prompt must not be empty (the default is a newline)"),
-        (dtype in ('auto', 'float32', 'bfloat16', 'float16'), f"dtype must be auto, float32, bfloat16 or float16"),
+        *((globals()[k] in v, f"{k} must be one of {', '.join(map(repr, v))}, not {globals()[k]!r}") for k, v in {
+            'dtype': ('auto', 'float32', 'bfloat16', 'float16'), 'optimizer': ('adamw', 'muon'),
+            'schedule': ('cosine', 'wsd'), 'weight_init': ('nanogpt', 'pytorch'), 'quantize': ('', 'int8', 'nf4')}.items()),
         (str(compile).lower() in ('auto', 'true', 'false'), f"compile must be auto, true or false, not '{compile}'"),
-        (optimizer in ('adamw', 'muon'), f"optimizer must be 'adamw' or 'muon', not '{optimizer}'"),
-        (schedule in ('cosine', 'wsd'), f"schedule must be 'cosine' or 'wsd', not '{schedule}'"),
-        (weight_init in ('nanogpt', 'pytorch'), f"weight_init must be 'nanogpt' or 'pytorch', not '{weight_init}'"),
         (not (rope and pos) or n_embd // max(n_head, 1) % 2 == 0, "rope needs an even head size, n_embd // n_head"),
         (not (relu and relu2), "relu and relu2 are two choices of one activation: set one of them"),
-        (quantize in ('', 'int8', 'nf4'), f"quantize must be '', 'int8' or 'nf4', not '{quantize}'"),
         (lora_rank >= 0, f"lora_rank must be >= 0 (0 is off), not {lora_rank}"),
         (lora_alpha > 0, f"lora_alpha must be > 0, not {lora_alpha}"),
         (not lora_rank or init_from != 'scratch', "lora_rank > 0 adapts a trained model: --init_from=its checkpoint"),
@@ -504,7 +504,7 @@ def setup_processes():
 def build_model(run, data):
     """The model: fresh ('scratch'), the run in out_dir ('resume'), or another checkpoint's weights to fine-tune
     (init_from=PATH, from step 0; with LoRA if lora_rank > 0). Also the state that the later steps share."""
-    state = SimpleNamespace(iter_num=0, best_val_loss=math.inf, train_time=0.0, lr=0.0, tokens_per_iter=0,
+    state = SimpleNamespace(iter_num=0, best_val_loss=math.inf, best_iter=0, train_time=0.0, lr=0.0, tokens_per_iter=0,
                             flops_per_iter=0, ckpt=None, lora=None, base=None, lock=None, tokenizer=data.tok.describe(),
                             kept='no checkpoint was written',  # what a fault leaves in place, said when it stops
                             ckpt_path=os.path.join(ROOT, out_dir, 'ckpt.pt'), config=knobs(globals()),
@@ -516,7 +516,8 @@ def build_model(run, data):
     weights = None
     if init_from == 'resume':
         ckpt = state.ckpt = load_checkpoint(state.ckpt_path, 'gpt', data.tok, dataset)
-        state.iter_num, state.best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
+        state.iter_num, state.best_iter = ckpt['iter_num'], ckpt.get('best_iter', 0)  # 0: none in best.pt yet
+        state.best_val_loss = ckpt['best_val_loss'] if state.best_iter else math.inf
         state.kept = f"{state.ckpt_path} keeps step {state.iter_num}"
         state.train_time = ckpt.get('train_time', 0.0)  # seconds trained so far: max_time is for the whole run
         state.lora, state.base = ckpt.get('lora'), ckpt.get('base')
@@ -628,22 +629,23 @@ def finish_processes(run):
         dist.destroy_process_group()
 
 
-def save(run, model, optimizers, state):
-    """Every process calls this, so that each one's RNG state goes in; process 0 writes the file. A LoRA run
-    saves only its adapters, with the path and sha256 of the base they need."""
+def save(run, model, optimizers, state, path=None):
+    """Every process calls this, so that each one's RNG state goes in; process 0 writes the file (ckpt.pt, or
+    path). A LoRA run saves only its adapters, with the path and sha256 of the base they need."""
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         die(f"the weights are not finite at step {state.iter_num}; not saved, {state.kept}")
     rng = {'torch': every_rank(run, torch.get_rng_state()), 'data': state.data_rng.get_state(),
            'cuda': every_rank(run, torch.cuda.get_rng_state()) if run.dev_type == 'cuda' else None}
     weights = {k: v for k, v in model.state_dict().items() if 'lora_' in k or not state.lora}
     if run.master:
-        save_checkpoint(state.ckpt_path, {
+        save_checkpoint(path or state.ckpt_path, {
             'model_type': 'gpt', 'model': weights, 'optimizer': [o.state_dict() for o in optimizers],
             'model_args': state.model_args, 'iter_num': state.iter_num, 'best_val_loss': state.best_val_loss,
+            'best_iter': state.best_iter,
             'train_time': state.train_time, 'config': state.config, 'tokenizer': state.tokenizer,
             'template': state.template, 'rng': rng,
             **({'lora': state.lora, 'base': state.base} if state.lora else {})})
-    state.kept = f"{state.ckpt_path} keeps step {state.iter_num}"
+    state.kept = state.kept if path else f"{state.ckpt_path} keeps step {state.iter_num}"
 
 
 def export_checkpoint(run, model, state):
@@ -751,9 +753,11 @@ def evaluate_and_save(run, model, raw_model, optimizers, data, state):
     run.log(f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
     if not math.isfinite(losses['train'] + losses['val']):
         die(f"the loss is not finite at step {state.iter_num}; not saved, {state.kept}")
-    state.best_val_loss = min(state.best_val_loss, losses['val'])
     write_csv(run, state, 'eval', losses['train'], losses['val'], losses['val'] / math.log(2) / data.bytes_per_token)
     if state.iter_num > 0:
+        if agree(run, losses['val'])[0] < state.best_val_loss:  # as nanoGPT keeps its best model, but beside the latest
+            state.best_val_loss, state.best_iter = losses['val'], state.iter_num
+            save(run, raw_model, [], state, os.path.join(ROOT, out_dir, 'best.pt'))
         save(run, raw_model, optimizers, state)
 
 
@@ -847,6 +851,15 @@ def write_csv(run, state, kind, train_loss='', val_loss='', val_bpb=''):
 
 
 # ----------------------------------------------------- evaluation and sampling
+def best_model(run, model, data, state):
+    """After training, the whole-split line and the samples are of the step with the lowest val loss estimate."""
+    if state.best_iter != state.iter_num:
+        best = load_checkpoint(os.path.join(ROOT, out_dir, 'best.pt'), 'gpt', data.tok, dataset)
+        model.load_state_dict(best['model'], strict=not state.lora)
+    print(f"the model below: step {state.best_iter}, whose val loss {state.best_val_loss:.4f} was the lowest (best.pt)"
+          + (f"; {state.ckpt_path} keeps step {state.iter_num} to resume" if state.best_iter != state.iter_num else ''))
+
+
 def inference_model(model, state):
     """The model to evaluate and sample: LoRA merged into its weights, then int8 or NF4 if quantize asks. A
     QLoRA model stays as it trained (4-bit base plus adapters): merging would mean quantizing it again."""
@@ -933,6 +946,8 @@ def main():
     finish_processes(run)
     if not run.master:
         return
+    if trained:
+        best_model(run, model, data, state)
     model = inference_model(model, state)
     if trained or eval_only:
         loss, bpb = evaluate(run, model, data, state)

@@ -11,9 +11,9 @@ from tokenizer import CharTokenizer
 V = 11
 
 
-def tiny(dropout=0.0, block_size=16, n_layer=2, n_head=2, n_embd=16, seed=0):
+def tiny(dropout=0.0, block_size=16, n_layer=2, n_head=2, n_embd=16, seed=0, **parts):
     torch.manual_seed(seed)
-    return gpt.GPT(V, block_size, n_layer, n_head, n_embd, dropout)
+    return gpt.GPT(V, block_size, n_layer, n_head, n_embd, dropout, **parts)
 
 
 def set_sdpa(model, on):
@@ -42,6 +42,22 @@ def test_causal(sdpa):
         logits = model(changed, idx)[0]
         assert torch.allclose(logits[:, :t], base[:, :t], atol=1e-6)  # the past does not see the future
         assert not torch.allclose(logits[:, t:], base[:, t:], atol=1e-6)  # and the token itself matters
+
+
+@pytest.mark.parametrize('sdpa', [True, False])
+def test_without_the_causal_mask_a_position_sees_the_future(sdpa):
+    idx = torch.randint(V, (2, 16))
+    changed = idx.clone()
+    changed[:, 15] = (changed[:, 15] + 1) % V
+    for n_layer in (1, 2):
+        model, unmasked = tiny(n_layer=n_layer).eval(), tiny(n_layer=n_layer, causal=False).eval()
+        assert unmasked.state_dict().keys() == model.state_dict().keys()  # the mask is a rule, not weights
+        set_sdpa(unmasked, sdpa)  # the fused kernel's is_causal has no off switch here: attention() serves
+        assert not torch.allclose(unmasked(changed, idx)[0][:, :15], unmasked(idx, idx)[0][:, :15], atol=1e-6)
+        # the last position sees the whole window either way; with two blocks, the keys it reads in the
+        # second block came from positions that saw the future, so even its prediction changes
+        same_last = torch.allclose(unmasked(idx, idx)[0][:, -1], model(idx, idx)[0][:, -1], atol=1e-5)
+        assert same_last == (n_layer == 1)
 
 
 def test_initial_loss_is_about_ln_vocab():

@@ -352,3 +352,26 @@ def test_configs_use_the_parts_they_name(config, parts, capsys):
     if config == 'config/lecture_gpu.py':  # the lecture's scaled-up model
         assert (scope['n_layer'], scope['n_head'], scope['n_embd'], scope['block_size'], scope['dropout']) == \
             (6, 6, 384, 256, 0.2)
+
+
+def test_the_best_model_is_kept_beside_the_latest(proj, tmp_path):
+    # train on "abab..." and score on "aabb...": the more it learns, the worse its val loss, so the best
+    # step is an early one, while ckpt.pt must still hold the last step for an exact resume
+    (tmp_path / 'ab.txt').write_text('ab' * 900 + 'aabb' * 50)
+    assert run(proj, 'prepare.py', f'--input={tmp_path / "ab.txt"}', '--dataset=ab').returncode == 0
+    r = run(proj, 'gpt.py', *TINY, '--dataset=ab', '--max_iters=30', '--eval_interval=5', '--max_new_tokens=5',
+            '--prompt=a')
+    assert r.returncode == 0, r.stderr
+    evals = [row.split(',') for row in (proj / 'out' / 'log.csv').read_text().splitlines() if row.startswith('eval,')]
+    val = {int(row[1]): float(row[6]) for row in evals if row[1] != '0'}
+    best_step = min(val, key=val.get)
+    assert best_step < 30 and val[30] > val[best_step]
+    best, latest = (torch.load(proj / 'out' / f, weights_only=True) for f in ('best.pt', 'ckpt.pt'))
+    assert best['iter_num'] == latest['best_iter'] == best_step and latest['iter_num'] == 30 and not best['optimizer']
+    assert f"the model below: step {best_step}," in r.stdout and 'keeps step 30 to resume' in r.stdout
+    again = run(proj, 'gpt.py', '--dataset=ab', '--init_from=out/best.pt', '--eval_only=true', '--prompt=a')
+    whole = re.compile(r'^whole-split val loss .*$', re.M)
+    assert whole.search(again.stdout).group() == whole.search(r.stdout).group()  # the final line is best.pt's
+    resumed = run(proj, 'gpt.py', *TINY, '--dataset=ab', '--max_iters=35', '--eval_interval=5', '--init_from=resume',
+                  '--prompt=a')
+    assert resumed.returncode == 0 and 'resumed from' in resumed.stdout and f"step {best_step}," in resumed.stdout

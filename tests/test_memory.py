@@ -210,7 +210,7 @@ def test_eval_only_and_quantized_runs(trained):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--quantize=int4'], "quantize must be '', 'int8' or 'nf4'"),
+    (['--quantize=int4'], "quantize must be one of '', 'int8', 'nf4', not 'int4'"),
     (['--gradient_checkpointing=maybe'], 'not a valid bool'),
     (['--gradient_checkpointing=2'], 'not a valid bool'),
     (['--eval_only=true'], 'eval_only needs a model'),
