@@ -66,6 +66,32 @@ def load_checkpoint(path, model_type, tok=None, dataset=None):
     return ckpt
 
 
+def read_model(name, root, tok=None, dataset=None, block_size=None):
+    """A checkpoint (a ckpt.pt's path, from root), or GPT-2 as one (gpt2.py: a hub name, a Hugging Face folder
+    or its model.safetensors; block_size crops its 1,024 positions), checked against the dataset's tokenizer;
+    and the file it came from."""
+    path = os.path.join(root, name)
+    if os.path.isfile(path) and not path.endswith('.safetensors'):
+        return load_checkpoint(path, 'gpt', tok, dataset), path
+    from gpt2 import load_gpt2  # only for GPT-2: huggingface_hub and safetensors
+    return load_gpt2(path if os.path.exists(path) else name, tok, dataset, block_size)
+
+
+def full_weights(path, ckpt, tok, dataset, model_class, merge=True):
+    """All of a gpt checkpoint's weights. A LoRA checkpoint holds only its adapters: its base's weights come
+    from the base (a checkpoint, or GPT-2), once checked to be the very file they trained on, with the
+    adapters merged into a model_class (merge=False: the base's alone, for a LoRA run to resume)."""
+    if 'lora' not in ckpt:
+        return ckpt['model']
+    from lora import base_problem, merged_weights
+    base, problem = ckpt['base'], base_problem(ckpt['base'])
+    if problem:
+        die(f"{path} is a LoRA checkpoint on the base {base['path']}, which {problem}")
+    theirs = read_model(base['path'], '/', tok, dataset, ckpt['model_args']['block_size'])[0]
+    weights = full_weights(base['path'], theirs, tok, dataset, model_class)
+    return merged_weights(model_class(**ckpt['model_args']), weights, ckpt) if merge else weights
+
+
 def claim_out_dir(folder):
     """One run writes an out_dir at a time: hold a lock on <folder>/run.lock, so that a second run there is
     refused in one line that names the first. The OS lets go of the lock when the process ends, however it

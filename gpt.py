@@ -32,7 +32,8 @@ from torch.nn import functional as F
 import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint as recompute
 
-from checkpoint import claim_out_dir, die, load_checkpoint, save_checkpoint
+from checkpoint import claim_out_dir, die, full_weights, load_checkpoint, read_model, save_checkpoint
+from checks import problems, prompt_problem
 from configurator import configure, knobs
 from tokenizer import description_in, from_description
 
@@ -58,6 +59,7 @@ rope = True  # rotary position embeddings instead of a learned position table
 rmsnorm = True  # RMSNorm instead of LayerNorm
 qk_norm = True  # normalize queries and keys before attention
 relu2 = False  # ReLU squared instead of GELU in the feed-forward network
+gelu_tanh = False  # GELU by its tanh approximation, as GPT-2's weights were trained (init_from=gpt2 sets it)
 tie_weights = True  # the output head shares the token embedding matrix
 # the lecture's parts, each one switch (config/lecture/ builds its steps with them)
 bias = False  # biases in the Linears and the head, as in the lecture (nanoGPT's knob)
@@ -101,6 +103,7 @@ top_k = 0  # keep only the k most likely tokens; 0 keeps all
 top_p = 1.0  # keep the fewest tokens whose probability adds up to top_p; 1.0 keeps all
 kv_cache = True  # reuse keys and values of earlier positions while sampling
 stop = ''  # end a sample at this text; '' means none, or the end marker of a dataset of instruction pairs
+interactive = False  # prompts from standard input, one a line, each answered by the same loaded model; '' or Ctrl-D ends
 # -----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CONFIGURED = {}  # the knobs that a config file or the command line set (configurator.py fills it)
@@ -264,11 +267,12 @@ class MultiHeadAttention(nn.Module):
 class FeedForward(nn.Module):
     """Per position: Linear to 4x wider, a non-linearity, Linear back."""
 
-    def __init__(self, n_embd, dropout, relu2=False, relu=False, bias=False):
+    def __init__(self, n_embd, dropout, relu2=False, relu=False, bias=False, gelu_tanh=False):
         super().__init__()
         self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
         self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
-        self.act = (lambda h: F.relu(h).square()) if relu2 else F.relu if relu else F.gelu
+        gelu = (lambda h: F.gelu(h, approximate='tanh')) if gelu_tanh else F.gelu
+        self.act = (lambda h: F.relu(h).square()) if relu2 else F.relu if relu else gelu
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
@@ -280,14 +284,14 @@ class Block(nn.Module):
     earlier steps leave out the feed-forward network, the residual connections or the norms."""
 
     def __init__(self, n_embd, n_head, dropout, rmsnorm=False, qk_norm=False, relu2=False, relu=False, bias=False,
-                 ffn=True, residual=True, norm=True, causal=True):
+                 ffn=True, residual=True, norm=True, causal=True, gelu_tanh=False):
         super().__init__()
         Norm = (nn.RMSNorm if rmsnorm else nn.LayerNorm) if norm else (lambda n: nn.Identity())
         self.ln_1 = Norm(n_embd)
         self.attn = MultiHeadAttention(n_embd, n_head, dropout, qk_norm, bias, causal)
         if ffn:
             self.ln_2 = Norm(n_embd)
-            self.mlp = FeedForward(n_embd, dropout, relu2, relu, bias)
+            self.mlp = FeedForward(n_embd, dropout, relu2, relu, bias, gelu_tanh)
         self.ffn, self.residual = ffn, residual
 
     def forward(self, x, rope=None, cache=None, layer=0):
@@ -304,7 +308,7 @@ class GPT(nn.Module):
 
     def __init__(self, vocab_size, block_size, n_layer, n_head, n_embd, dropout=0.0, rope=False, rmsnorm=False,
                  qk_norm=False, relu2=False, tie_weights=True, bias=False, relu=False, ffn=True, residual=True,
-                 norm=True, pos=True, weight_init='nanogpt', causal=True):
+                 norm=True, pos=True, weight_init='nanogpt', causal=True, gelu_tanh=False):
         super().__init__()
         self.block_size = block_size
         self.wte = nn.Embedding(vocab_size, n_embd)  # token embeddings
@@ -318,10 +322,10 @@ class GPT(nn.Module):
         self.rope, self.pos = rope and pos, pos
         self.drop = nn.Dropout(dropout)
         parts = dict(rmsnorm=rmsnorm, qk_norm=qk_norm, relu2=relu2, relu=relu, bias=bias, ffn=ffn, residual=residual,
-                     norm=norm, causal=causal)
+                     norm=norm, causal=causal, gelu_tanh=gelu_tanh)
         self.blocks = nn.ModuleList(Block(n_embd, n_head, dropout, **parts) for _ in range(n_layer))
         self.ln_f = (nn.RMSNorm(n_embd) if rmsnorm else nn.LayerNorm(n_embd)) if norm else nn.Identity()
-        self.lm_head = nn.Linear(n_embd, vocab_size, bias=bias)
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=bias and not tie_weights)  # a tied head has none (GPT-2)
         if tie_weights:
             self.lm_head.weight = self.wte.weight  # one matrix reads and writes tokens
         self.gradient_checkpointing = False  # a way to run, not part of the architecture: set after building
@@ -419,66 +423,7 @@ def sample_next(logits, temperature, top_k=0, top_p=1.0, generator=None):
     return torch.multinomial(probs, 1, generator=generator)
 
 
-# ----------------------------------------------------------------- checkpoints
-def full_weights(path, ckpt, tok, merge=True):
-    """All of a checkpoint's weights. A LoRA checkpoint holds only its adapters: its base's weights come from
-    the base checkpoint, once checked to be the very file they trained on, with the adapters merged in
-    (merge=False: the base's alone, for a LoRA run to resume)."""
-    if 'lora' not in ckpt:
-        return ckpt['model']
-    from lora import base_problem, merged_weights
-    base, problem = ckpt['base'], base_problem(ckpt['base'])
-    if problem:
-        die(f"{path} is a LoRA checkpoint on the base {base['path']}, which {problem}")
-    weights = full_weights(base['path'], load_checkpoint(base['path'], 'gpt', tok, dataset), tok)
-    return merged_weights(GPT(**ckpt['model_args']), weights, ckpt) if merge else weights
-
-
 # ---------------------------------------------------------- the steps of a run
-def check_config(data):
-    """One clear line for each setting that cannot work, before anything is built or written."""
-    problems = [
-        (init_from in ('scratch', 'resume') or os.path.isfile(os.path.join(ROOT, init_from)),
-         f"init_from must be 'scratch', 'resume' or a checkpoint's path; there is no file '{init_from}'"),
-        (min(n_layer, n_head, n_embd, block_size, batch_size, gradient_accumulation_steps, eval_interval,
-             eval_iters, log_interval, num_samples) > 0,
-         "n_layer, n_head, n_embd, block_size, batch_size, gradient_accumulation_steps, eval_interval, "
-         "eval_iters, log_interval and num_samples must be positive"),
-        (n_embd % max(n_head, 1) == 0, f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})"),
-        (min(max_iters, max_time, max_new_tokens, warmup_iters, lr_decay_iters, grad_clip, weight_decay) >= 0,
-         "max_iters, max_time, max_new_tokens, warmup_iters, lr_decay_iters, grad_clip and weight_decay "
-         "must not be negative"),
-        (0 <= dropout < 1, f"dropout must be in [0, 1), not {dropout}"),
-        (0 < learning_rate and 0 <= min_lr <= learning_rate, "need 0 < learning_rate and 0 <= min_lr <= learning_rate"),
-        (temperature >= 0, f"temperature must be >= 0 (0 is greedy), not {temperature}"),
-        (top_k >= 0, f"top_k must be >= 0 (0 keeps all tokens), not {top_k}"),
-        (0 < top_p <= 1, f"top_p must be in (0, 1], not {top_p}"),
-        (prompt != '', "prompt must not be empty (the default is a newline)"),
-        *((globals()[k] in v, f"{k} must be one of {', '.join(map(repr, v))}, not {globals()[k]!r}") for k, v in {
-            'dtype': ('auto', 'float32', 'bfloat16', 'float16'), 'optimizer': ('adamw', 'muon'),
-            'schedule': ('cosine', 'wsd'), 'weight_init': ('nanogpt', 'pytorch'), 'quantize': ('', 'int8', 'nf4')}.items()),
-        (str(compile).lower() in ('auto', 'true', 'false'), f"compile must be auto, true or false, not '{compile}'"),
-        (not (rope and pos) or n_embd // max(n_head, 1) % 2 == 0, "rope needs an even head size, n_embd // n_head"),
-        (not (relu and relu2), "relu and relu2 are two choices of one activation: set one of them"),
-        (lora_rank >= 0, f"lora_rank must be >= 0 (0 is off), not {lora_rank}"),
-        (lora_alpha > 0, f"lora_alpha must be > 0, not {lora_alpha}"),
-        (not lora_rank or init_from != 'scratch', "lora_rank > 0 adapts a trained model: --init_from=its checkpoint"),
-        (not eval_only or init_from != 'scratch', "eval_only needs a model: --init_from=resume or a checkpoint's path"),
-        (not export or (init_from not in ('scratch', 'resume') and max_iters == 0 and not eval_only),
-         "export writes a checkpoint's model out: --init_from=PATH --max_iters=0 --out_dir=NEW"),
-        (not export or not os.path.exists(os.path.join(ROOT, out_dir, 'ckpt.pt')),
-         f"{os.path.join(out_dir, 'ckpt.pt')} exists, and export never writes over a checkpoint: give a new --out_dir"),
-    ]
-    for ok, msg in problems:
-        if not ok:
-            die(msg)
-    missing = data.tok.unknown(prompt)
-    if missing:
-        not_utf8 = any('\ud800' <= c <= '\udfff' for c in missing)  # how Python keeps bytes that were not UTF-8
-        die(f"the prompt has characters that are not in the vocabulary: {missing}"
-            + (" ('\\udcXX' is a byte that is not UTF-8: check the terminal's encoding)" if not_utf8 else ''))
-
-
 def setup_processes():
     """One process, or one per GPU (or CPU worker) under torchrun; the device and the precision: `run`."""
     ddp = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
@@ -524,18 +469,19 @@ def build_model(run, data):
         if lora_rank and not state.lora:
             die(f"{state.ckpt_path} is not a LoRA run, so it cannot resume with lora_rank > 0; to add LoRA, "
                 f"fine-tune it: --init_from={os.path.join(out_dir, 'ckpt.pt')} --out_dir=ANOTHER")
-        weights = full_weights(state.ckpt_path, ckpt, data.tok, merge=False)  # a LoRA run: its base
+        weights = full_weights(state.ckpt_path, ckpt, data.tok, dataset, GPT, merge=False)  # a LoRA run: its base
     elif init_from != 'scratch':
         path = os.path.join(ROOT, init_from)  # relative paths start at this file's folder, like out_dir
-        if max_iters and not eval_only and os.path.isfile(state.ckpt_path) and os.path.samefile(path, state.ckpt_path):
+        if max_iters and not eval_only and os.path.isfile(path) and os.path.isfile(state.ckpt_path) \
+                and os.path.samefile(path, state.ckpt_path):
             die(f"--init_from={init_from} is this run's own checkpoint; the fine-tuned model would be written "
                 f"over it: give another --out_dir")
-        ckpt = load_checkpoint(path, 'gpt', data.tok, dataset)
-        weights = full_weights(path, ckpt, data.tok)
+        ckpt, path = read_model(init_from, ROOT, data.tok, dataset, block_size if 'block_size' in CONFIGURED else None)
+        weights = full_weights(path, ckpt, data.tok, dataset, GPT)
         if lora_rank:  # a new LoRA run: the adapters' settings, and which file their base is
             from lora import sha256
             state.lora = {'rank': lora_rank, 'alpha': lora_alpha, 'quantize': quantize}
-            state.base = {'path': os.path.realpath(path), 'sha256': sha256(path)}
+            state.base = {'path': os.path.abspath(path), 'sha256': sha256(path)}
     if weights is not None:  # the architecture is the checkpoint's (and a LoRA run's settings, on resume)
         state.model_args = {**ckpt['model_args'], 'dropout': dropout}
         state.template = state.template or ckpt.get('template', {})
@@ -546,6 +492,9 @@ def build_model(run, data):
     T, n_train, n_val = state.model_args['block_size'], len(data.train.ids), len(data.val.ids)
     if T >= min(n_train, n_val):  # the knob's, or a checkpoint's
         die(f"the model's block_size ({T}) must be shorter than both splits ({n_train:,} and {n_val:,} tokens)")
+    problem = prompt_problem(data.tok, prompt + state.template.get('sep', ''), T)
+    if problem and not interactive:
+        die(problem)
     model = GPT(**state.model_args)
     run.log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {state.model_args}")
     if weights is not None:
@@ -915,24 +864,55 @@ def evaluate(run, model, data, state):
 
 
 def sample(run, model, data, state):
-    """num_samples continuations of the prompt. A sample ends at `stop`; for a model trained on instruction
-    pairs, the prompt is put in the pairs' template and the default stop is their end marker."""
+    """num_samples continuations of the prompt (interactive: of each line of standard input), each printed as it
+    is made. A sample ends at `stop`; a model trained on instruction pairs gets its prompt in the pairs'
+    template, and their end marker is its default stop."""
     sep, end = state.template.get('sep', ''), stop or state.template.get('end', '')
     g = torch.Generator(device=run.dev).manual_seed(seed)
-    ids = data.tok.encode(prompt + sep)
-    idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=run.dev)
-    done = (lambda new: end in data.tok.decode(new)) if end else None
-    with run.ctx:
-        out = model.generate(idx, max_new_tokens, temperature, top_k, top_p, kv_cache, g, done)
-    for row in out.tolist():
-        text = data.tok.decode(row[len(ids):])
-        print(prompt + sep + (text[:text.index(end)] if end and end in text else text))
-        print('---------------')
+    for text in prompts(data.tok, model.block_size, sep):
+        ids = data.tok.encode(text + sep)
+        for _ in range(num_samples):
+            print(text + sep, end='', flush=True)
+            shown = [0]  # how much of the sample's text is printed
+            def show(new, final=False):  # after each token: print the text that is sure (not a cut character, not
+                words = data.tok.decode(new)  # the start of `end`) up to `end`; True once `end` is there
+                cut = words.find(end) if end else -1
+                sure = cut if cut >= 0 else len(words) if final else len(words.rstrip('\ufffd')) - max(len(end) - 1, 0)
+                print(words[shown[0]:sure], end='', flush=True)
+                shown[0] = max(shown[0], sure)
+                return cut >= 0
+            t0 = time.time()
+            with run.ctx:
+                out = model.generate(torch.tensor([ids], device=run.dev), max_new_tokens, temperature, top_k, top_p,
+                                     kv_cache, g, show)
+            show(out[0, len(ids):].tolist(), final=True)
+            print('\n---------------', flush=True)
+            n = out.size(1) - len(ids)  # the speed on stderr, so that stdout holds the text alone
+            print(f"({n} tokens in {time.time() - t0:.2f} s: {n / (time.time() - t0):.1f} tokens/s)", file=sys.stderr)
+
+
+def prompts(tok, block_size, sep):
+    """The prompt (checked before training); or with interactive=True, each line typed (or piped in) until an
+    empty line or Ctrl-D, where a line that the model can't take is said and skipped."""
+    while interactive:
+        try:
+            line = input('prompt> ')
+        except EOFError:
+            return
+        if not line:
+            return
+        problem = prompt_problem(tok, line + sep, block_size)
+        if problem:
+            print(problem)
+        else:
+            yield line
+    yield prompt
 
 
 def main():
     data = load_data(dataset)  # token ids, loss masks, the tokenizer
-    check_config(data)
+    for problem in problems(SimpleNamespace(**knobs(globals())), ROOT):  # checks.py: settings that can't work
+        die(problem)
     run = setup_processes()  # one process or torchrun's; device and precision
     model, state = build_model(run, data)  # scratch, resume, or a checkpoint to fine-tune
     trained, training = False, state.iter_num < max_iters and not eval_only

@@ -90,7 +90,7 @@ def attention_maps(path, text):
     if tok.unknown(text):
         die(f"the prompt has characters that are not in the model's vocabulary: {tok.unknown(text)}")
     model = gpt.GPT(**ckpt['model_args']).eval()
-    model.load_state_dict(gpt.full_weights(path, ckpt, tok))
+    model.load_state_dict(gpt.full_weights(path, ckpt, tok, None, gpt.GPT))
     ids = tok.encode(text)[-model.block_size:]  # what the model can see at once
     for block in model.blocks:
         block.attn.use_sdpa = False  # the explicit path keeps its weights

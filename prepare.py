@@ -28,7 +28,7 @@ input = ''  # a local UTF-8 text file (JSONL with format='pairs'); empty means d
 dataset = ''  # output folder data/<dataset>/; empty means shakespeare_char, shakespeare_bpe or shakespeare_tasks
 tokenizer = 'char'  # 'char' (one token per character) or 'bpe' (byte-level BPE trained on the train split)
 vocab_size = 1024  # bpe only: the 256 bytes plus vocab_size - 256 merges
-tokenizer_from = ''  # a prepared dataset whose tokenizer encodes this text (to fine-tune a model trained on it)
+tokenizer_from = ''  # a prepared dataset whose tokenizer encodes this text (to fine-tune its model), or GPT-2's
 format = 'text'  # 'text'; 'pairs': JSONL lines {"prompt": ..., "response": ...}; 'tasks': pairs from the text's lines
 url = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 sha256 = '86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed'  # of `url`; '' skips the check
@@ -150,6 +150,10 @@ def encode_pairs(tok, pairs):
 
 
 def load_tokenizer(name):
+    """A prepared dataset's tokenizer (data/<name>/meta.json), or GPT-2's: a hub name or a Hugging Face folder."""
+    from gpt2 import HUB, gpt2_tokenizer  # only on this knob
+    if name in HUB or os.path.isfile(os.path.join(name, 'vocab.json')):
+        return gpt2_tokenizer(name)
     try:
         with open(os.path.join(ROOT, 'data', name, 'meta.json'), encoding='utf-8') as f:
             meta = json.load(f)

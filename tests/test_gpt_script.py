@@ -3,6 +3,8 @@ import os
 import pickle
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -55,7 +57,7 @@ class Evil:
 
 @pytest.mark.parametrize('args, message', [
     (['--init_from=resume', '--out_dir=empty'], 'no checkpoint'),
-    (['--init_from=gpt2'], "init_from must be 'scratch', 'resume' or a checkpoint's path"),
+    (['--init_from=nothing_here'], "init_from must be 'scratch', 'resume', a checkpoint's path, gpt2"),
     (['--n_head=3'], 'must be a multiple of n_head'),
     (['--block_size=100000'], 'must be shorter than both splits'),
     (['--n_layer=0'], 'must be positive'),
@@ -181,7 +183,7 @@ def test_compile_path_on_cpu(proj):
 @pytest.mark.parametrize('script, args, message', [
     ('gpt.py', ['--n_embd=abc'], 'not a valid int'),  # the configurator
     ('gpt.py', ['--dataset=nothing'], 'run: python prepare.py'),  # data
-    ('gpt.py', ['--n_head=3'], 'must be a multiple of n_head'),  # check_config
+    ('gpt.py', ['--n_head=3'], 'must be a multiple of n_head'),  # checks.py
     ('gpt.py', ['--init_from=resume', '--out_dir=bad'], 'not a loadable checkpoint'),  # a damaged file
     ('bigram.py', ['--prompt=Zebra!'], 'not in the vocabulary'),
     ('prepare.py', ['--input=nope.txt'], 'not found'),
@@ -375,3 +377,28 @@ def test_the_best_model_is_kept_beside_the_latest(proj, tmp_path):
     resumed = run(proj, 'gpt.py', *TINY, '--dataset=ab', '--max_iters=35', '--eval_interval=5', '--init_from=resume',
                   '--prompt=a')
     assert resumed.returncode == 0 and 'resumed from' in resumed.stdout and f"step {best_step}," in resumed.stdout
+
+
+def test_samples_stream_as_they_are_made(trained):
+    proj, _ = trained
+    p = subprocess.Popen([sys.executable, 'gpt.py', '--init_from=resume', '--max_iters=0', '--prompt=First',
+                          '--max_new_tokens=1000000'], cwd=proj, stdout=subprocess.PIPE, text=True)
+    try:
+        seen = ''
+        while 'First' not in seen or len(seen.split('First', 1)[1]) < 50:  # 50 characters of the sample ...
+            seen += p.stdout.read(1)
+        assert p.poll() is None  # ... while it is still being made
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_interactive_answers_each_line_with_one_model(trained):
+    proj, _ = trained
+    r = subprocess.run([sys.executable, 'gpt.py', '--init_from=resume', '--max_iters=0', '--interactive=true',
+                        '--max_new_tokens=20', '--temperature=0'], cwd=proj, capture_output=True, text=True,
+                       input='First\nAll: 😀 \u2603\nAll:\n\nnever read\n', timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count('model: ') == 1 and r.stdout.count('---------------') == 2  # loaded once, two answers
+    assert 'prompt> First' in r.stdout and 'prompt> All:' in r.stdout and 'never read' not in r.stdout
+    assert "not in the vocabulary: ['☃']" in r.stdout  # a line it can't take is said, and the loop goes on

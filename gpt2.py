@@ -1,0 +1,110 @@
+"""
+GPT-2's weights and tokenizer, for gpt.py's --init_from and prepare.py's --tokenizer_from: a hub name (gpt2,
+gpt2-medium, gpt2-large, gpt2-xl), fetched once into the standard Hugging Face cache by huggingface_hub, or a
+local folder as save_pretrained writes it (config.json, model.safetensors, vocab.json, merges.txt): the way
+without a network. The weights are read with safetensors, never with pickle. gpt.py and prepare.py import
+this only on those knobs; it never imports gpt.
+
+GPT-2 is gpt.py's GPT with nanoGPT's parts: learned positions, LayerNorm, biases, GELU, a tied head. Held up
+against transformers' GPT2LMHeadModel (tests/test_gpt2.py), it differs in three ways, each handled here:
+- its GELU is the tanh approximation (gelu_tanh=True);
+- its tied head has no bias (gpt.py gives a tied head none);
+- its Linears are stored transposed: Conv1D keeps (in, out), nn.Linear (out, in).
+"""
+import json
+import os
+
+from checkpoint import die
+from tokenizer import BPETokenizer
+
+HUB = {name: f'openai-community/{name}' for name in ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')}
+FILES = ('config.json', 'model.safetensors', 'vocab.json', 'merges.txt')
+
+
+def folder_of(name):
+    """The folder with GPT-2's four files: the hub's copy in the cache (fetched the first time), or the folder
+    given (or the folder of the model.safetensors given)."""
+    if name in HUB:
+        try:
+            from huggingface_hub import snapshot_download
+            name = snapshot_download(HUB[name], allow_patterns=list(FILES))
+        except ImportError:
+            die("GPT-2's files need huggingface_hub and safetensors: pip install -r requirements.txt")
+        except Exception as e:  # no network, or the hub refused: nothing was written but the cache
+            die(f"could not fetch {HUB[name]} from the Hugging Face hub ({type(e).__name__}); without a network, copy "
+                f"a folder with its {', '.join(FILES)} here and give --init_from=FOLDER")
+    folder = os.path.dirname(name) if name.endswith('.safetensors') else name
+    missing = [f for f in FILES if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        die(f"{folder} lacks {', '.join(missing)}: a GPT-2 folder holds {', '.join(FILES)}, as save_pretrained "
+            f"writes them")
+    return folder
+
+
+def gpt2_tokenizer(name):
+    """GPT-2's byte-level BPE (tokenizer.py's class) from the folder's vocab.json and merges.txt."""
+    folder = folder_of(name)
+    try:
+        return BPETokenizer.from_files(os.path.join(folder, 'vocab.json'), os.path.join(folder, 'merges.txt'))
+    except (OSError, ValueError) as e:
+        die(f"{folder} has no readable GPT-2 tokenizer ({e})")
+
+
+def architecture(cfg, block_size):
+    """gpt.py's model_args for a config.json, or die naming what is not GPT-2."""
+    n_embd = cfg.get('n_embd', 0)
+    problems = {'model_type': cfg.get('model_type') == 'gpt2',
+                'activation_function': cfg.get('activation_function', 'gelu_new') in ('gelu_new', 'gelu'),
+                'n_inner': cfg.get('n_inner') in (None, 4 * n_embd),
+                'layer_norm_epsilon': cfg.get('layer_norm_epsilon', 1e-5) == 1e-5,
+                'scale_attn_weights': cfg.get('scale_attn_weights', True),
+                'scale_attn_by_inverse_layer_idx': not cfg.get('scale_attn_by_inverse_layer_idx', False),
+                'add_cross_attention': not cfg.get('add_cross_attention', False),
+                'tie_word_embeddings': cfg.get('tie_word_embeddings', True)}
+    wrong = [k for k, ok in problems.items() if not ok]
+    if wrong:
+        die(f"config.json describes another architecture than GPT-2's ({', '.join(f'{k}={cfg.get(k)!r}' for k in wrong)})")
+    if block_size and block_size > cfg['n_positions']:
+        die(f"block_size {block_size} is longer than GPT-2's {cfg['n_positions']} positions")
+    return dict(vocab_size=cfg['vocab_size'], block_size=block_size or cfg['n_positions'], n_layer=cfg['n_layer'],
+                n_head=cfg['n_head'], n_embd=n_embd, dropout=0.0, rope=False, rmsnorm=False, qk_norm=False,
+                relu2=False, tie_weights=True, bias=True, relu=False, ffn=True, residual=True, norm=True, pos=True,
+                weight_init='nanogpt', causal=True, gelu_tanh=cfg.get('activation_function', 'gelu_new') == 'gelu_new')
+
+
+def load_gpt2(name, tok, dataset, block_size=None):
+    """GPT-2 as gpt.py's checkpoints are: {'model' (gpt.py's names), 'model_args', 'tokenizer', ...}, and the
+    model.safetensors it came from (a LoRA run pins it by sha256). block_size crops the position table."""
+    folder = folder_of(name)
+    try:
+        with open(os.path.join(folder, 'config.json'), encoding='utf-8') as f:
+            model_args = architecture(json.load(f), block_size)
+        from safetensors.torch import load_file
+        tensors = load_file(os.path.join(folder, 'model.safetensors'))
+    except (OSError, ValueError, KeyError) as e:  # safetensors' errors are ValueErrors (SafetensorError)
+        die(f"{folder} has no readable GPT-2 (config.json or model.safetensors: {type(e).__name__} {e})")
+    ours = gpt2_tokenizer(folder)
+    if tok is not None and tok.describe() != ours.describe():
+        die(f"dataset '{dataset}' was prepared with another tokenizer than {name}'s: encode your text with its "
+            f"own, python prepare.py --input=FILE --dataset=NAME --tokenizer_from={name}")
+    weights = {}
+    for k, v in tensors.items():
+        k = k.removeprefix('transformer.')
+        if k.endswith(('.attn.bias', '.attn.masked_bias')) or k == 'lm_head.weight':
+            continue  # the causal mask, kept as a buffer; the head is the token embedding (tied)
+        if k.endswith(('c_attn.weight', 'c_proj.weight', 'c_fc.weight')):
+            v = v.t()  # Conv1D's (in, out) as nn.Linear's (out, in)
+        weights[k.replace('h.', 'blocks.', 1) if k.startswith('h.') else k] = v.contiguous()
+    if 'wpe.weight' in weights:
+        weights['wpe.weight'] = weights['wpe.weight'][:model_args['block_size']]
+    if 'wte.weight' in weights:
+        weights['lm_head.weight'] = weights['wte.weight']
+    expected = {f'blocks.{i}.{part}.{w}' for i in range(model_args['n_layer'])
+                for part in ('ln_1', 'attn.c_attn', 'attn.c_proj', 'ln_2', 'mlp.c_fc', 'mlp.c_proj')
+                for w in ('weight', 'bias')} | {'wte.weight', 'wpe.weight', 'ln_f.weight', 'ln_f.bias', 'lm_head.weight'}
+    if set(weights) != expected:
+        odd = sorted(set(weights) ^ expected)
+        die(f"{folder}/model.safetensors does not hold the GPT-2 of its config.json ({len(odd)} names differ: {odd[:3]})")
+    config = {'dataset': None, 'init_from': name}
+    return ({'model_type': 'gpt', 'model': weights, 'model_args': model_args, 'tokenizer': ours.describe(),
+             'config': config, 'template': {}}, os.path.join(folder, 'model.safetensors'))

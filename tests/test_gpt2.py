@@ -1,0 +1,155 @@
+"""GPT-2 (gpt2.py): a small random GPT-2 made by transformers and a small BPE made by tokenizers, both saved
+as save_pretrained saves them, are the reference. No network: the hub name is tested on a cache laid out as
+huggingface_hub lays it, in offline mode."""
+import json
+import os
+import re
+import shutil
+
+import pytest
+import torch
+
+import gpt
+from conftest import CORPUS, SHAKESPEARE, TINY, one_line_error, run, val_lines
+from gpt2_folder import make
+from gpt2 import load_gpt2
+from tokenizer import BPETokenizer
+
+transformers = pytest.importorskip('transformers')  # test-only references, in requirements.txt
+tokenizers = pytest.importorskip('tokenizers')
+
+# what GPT-2's pattern splits unlike Python's \w, \d and \s: numbers that are not digits, _, \x1c, odd spaces
+ODD = ("Hello  world's 123 12345 ½² Ⅻ ٣٤ a_b \x1c\tok\n\n x<|endoftext|>Ça va? 😀 déjà  \u2028 \u3000x 'S 've "
+       "don't\r\n  \t end<|endoftext|>")
+
+
+def text():
+    return open(SHAKESPEARE, encoding='utf-8').read() if os.path.exists(SHAKESPEARE) else CORPUS
+
+
+@pytest.fixture(scope='session')
+def reference(tmp_path_factory):
+    """A folder as save_pretrained writes it: a 2-block GPT-2, 32 wide, and a 512-token byte-level BPE."""
+    folder = tmp_path_factory.mktemp('gpt2') / 'tiny-gpt2'
+    tk = make(folder, text(), vocab_size=512, n_layer=2, n_head=2, n_embd=32, n_positions=64)
+    return folder, tk
+
+
+def ours(folder, **kw):
+    ckpt, _ = load_gpt2(str(folder), None, None, **kw)
+    model = gpt.GPT(**ckpt['model_args'])
+    model.load_state_dict(ckpt['model'])
+    return model.eval()
+
+
+def test_logits_and_greedy_text_equal_transformers(reference):
+    folder, _ = reference
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    model = ours(folder)
+    idx = torch.randint(512, (3, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (model(idx, idx)[0] - theirs(idx).logits).abs().max() < 1e-4
+        greedy = theirs.generate(idx[:, :8], max_new_tokens=40, do_sample=False, attention_mask=torch.ones(3, 8))
+    for kv_cache in (True, False):
+        assert torch.equal(model.generate(idx[:, :8], 40, temperature=0, kv_cache=kv_cache), greedy)
+
+
+def test_each_difference_from_our_defaults_matters(reference):
+    folder, _ = reference
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    model = ours(folder)
+    x = torch.linspace(-6, 6, 1001)
+    their_act = theirs.transformer.h[0].mlp.act
+    assert (model.blocks[0].mlp.act(x) - their_act(x)).abs().max() < 1e-6  # GPT-2's GELU is tanh's
+    assert (torch.nn.functional.gelu(x) - their_act(x)).abs().max() > 1e-4  # not the exact one
+    cropped = ours(folder, block_size=16)  # fewer positions: the table is cut, the first 16 are the same
+    assert cropped.wpe.weight.shape[0] == 16 and cropped.lm_head.bias is None  # and a tied head has no bias
+    idx = torch.randint(512, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (cropped(idx, idx)[0] - theirs(idx).logits).abs().max() < 1e-4
+
+
+def test_token_ids_equal_tokenizers_on_the_whole_corpus(reference):
+    folder, tk = reference
+    tok = BPETokenizer.from_files(folder / 'vocab.json', folder / 'merges.txt')
+    corpus = text()
+    assert tok.encode(corpus) == tk.encode(corpus).ids
+    assert tok.encode(ODD) == tk.encode(ODD).ids and tok.decode(tok.encode(ODD)) == ODD
+    assert tok.vocab_size == 512 and tok.encode('<|endoftext|>') == [tk.token_to_id('<|endoftext|>')]
+
+
+def prepared(proj, folder, name='mine'):
+    r = run(proj, 'prepare.py', f'--input={proj.parent / "corpus.txt"}', f'--dataset={name}', f'--tokenizer_from={folder}')
+    assert r.returncode == 0, r.stderr
+    return name
+
+
+@pytest.mark.parametrize('knobs', [[], ['--lora_rank=4'], ['--lora_rank=4', '--quantize=nf4']])
+def test_fine_tune_from_a_folder(proj, reference, knobs):
+    folder, _ = reference
+    data = prepared(proj, folder)
+    args = [*TINY[:1], f'--dataset={data}', f'--init_from={folder}', '--block_size=32', '--max_iters=30',
+            '--eval_interval=15', '--warmup_iters=0', '--learning_rate=3e-3', '--dtype=float32', '--compile=false',
+            '--max_new_tokens=10', '--prompt=ROMEO:', *knobs]
+    r = run(proj, 'gpt.py', *args)
+    assert r.returncode == 0, r.stderr
+    losses = [float(line.rsplit(' ', 1)[1]) for line in val_lines(r.stdout)]
+    assert losses[-1] < losses[0] - 0.1  # the val loss falls
+    ckpt = torch.load(proj / 'out' / 'ckpt.pt', weights_only=True)
+    if knobs:  # LoRA pins its base: GPT-2's model.safetensors, by sha256
+        assert ckpt['base']['path'].endswith('model.safetensors') and len(ckpt['base']['sha256']) == 64
+    again = run(proj, 'gpt.py', f'--dataset={data}', '--init_from=resume', '--max_iters=0', '--max_new_tokens=5',
+                '--prompt=ROMEO:')
+    assert again.returncode == 0 and '\nROMEO:' in again.stdout, again.stderr
+
+
+def test_int8_eval_of_gpt2_is_close_to_float(proj, reference):
+    folder, _ = reference
+    data = prepared(proj, folder)
+    loss = {}
+    for q in ('', 'int8'):
+        r = run(proj, 'gpt.py', f'--dataset={data}', f'--init_from={folder}', '--eval_only=true', f'--quantize={q}',
+                '--dtype=float32')
+        assert r.returncode == 0, r.stderr
+        loss[q] = float(re.search(r'whole-split val loss ([\d.]+)', r.stdout).group(1))
+    assert abs(loss['int8'] - loss['']) < 0.01
+
+
+def hub_cache(tmp_path, folder):
+    """GPT-2's files where huggingface_hub keeps openai-community/gpt2: a snapshot named by its commit."""
+    commit = 'a' * 40
+    repo = tmp_path / 'hub' / 'models--openai-community--gpt2'
+    shutil.copytree(folder, repo / 'snapshots' / commit)
+    (repo / 'refs').mkdir()
+    (repo / 'refs' / 'main').write_text(commit)
+    return {'HF_HUB_CACHE': str(tmp_path / 'hub'), 'HF_HUB_OFFLINE': '1'}
+
+
+def test_the_hub_name_reads_the_cache_offline(proj, reference, tmp_path):
+    folder, _ = reference
+    env = hub_cache(tmp_path, folder)
+    r = run(proj, 'prepare.py', f'--input={tmp_path / "corpus.txt"}', '--dataset=mine', '--tokenizer_from=gpt2', env=env)
+    assert r.returncode == 0, r.stderr
+    r = run(proj, 'gpt.py', '--dataset=mine', '--init_from=gpt2', '--eval_only=true', env=env)
+    assert r.returncode == 0 and 'whole-split val loss' in r.stdout, r.stderr
+
+
+def test_bad_gpt2_input_is_refused_in_one_line_with_nothing_written(proj, reference, tmp_path):
+    folder, _ = reference
+    data = prepared(proj, folder)
+    empty = {'HF_HUB_CACHE': str(tmp_path / 'empty'), 'HF_HUB_OFFLINE': '1'}
+    assert '--init_from=FOLDER' in one_line_error(run(proj, 'gpt.py', f'--dataset={data}', '--init_from=gpt2', env=empty))
+    lacking = tmp_path / 'lacking'
+    shutil.copytree(folder, lacking)
+    (lacking / 'merges.txt').unlink()
+    assert 'lacks merges.txt' in one_line_error(run(proj, 'gpt.py', f'--dataset={data}', f'--init_from={lacking}'))
+    other = tmp_path / 'other'
+    shutil.copytree(folder, other)
+    cfg = json.loads((other / 'config.json').read_text())
+    (other / 'config.json').write_text(json.dumps({**cfg, 'model_type': 'llama'}))
+    assert 'another architecture' in one_line_error(run(proj, 'gpt.py', f'--dataset={data}', f'--init_from={other}'))
+    assert 'another tokenizer' in one_line_error(run(proj, 'gpt.py', f'--init_from={folder}', '--max_iters=0'))
+    long = 'ROMEO: ' * 100
+    assert 'longer than' in one_line_error(run(proj, 'gpt.py', f'--dataset={data}', f'--init_from={folder}',
+                                               '--max_iters=0', f'--prompt={long}'))
+    assert not (proj / 'out').exists()
