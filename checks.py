@@ -33,7 +33,8 @@ def problems(k, root):
         (k.prompt != '', "prompt must not be empty (the default is a newline)"),
         *((getattr(k, name) in v, f"{name} must be one of {', '.join(map(repr, v))}, not {getattr(k, name)!r}")
           for name, v in choices.items()),
-        (str(k.compile).lower() in ('auto', 'true', 'false'), f"compile must be auto, true or false, not '{k.compile}'"),
+        (str(k.compile).lower() in ('auto', 'true', 'false'),
+         f"compile must be auto, true or false, not '{k.compile}'"),
         (not (k.rope and k.pos) or k.n_embd // max(k.n_head, 1) % 2 == 0,
          "rope needs an even head size, n_embd // n_head"),
         (not (k.relu and k.relu2), "relu and relu2 are two choices of one activation: set one of them"),
@@ -46,7 +47,8 @@ def problems(k, root):
         (not k.export or (k.init_from not in ('scratch', 'resume') and k.max_iters == 0 and not k.eval_only),
          "export writes a checkpoint's model out: --init_from=PATH --max_iters=0 --out_dir=NEW"),
         (not k.export or not os.path.exists(os.path.join(root, k.out_dir, 'ckpt.pt')),
-         f"{os.path.join(k.out_dir, 'ckpt.pt')} exists, and export never writes over a checkpoint: give a new --out_dir"),
+         f"{os.path.join(k.out_dir, 'ckpt.pt')} exists, and export never writes over a checkpoint: "
+         f"give a new --out_dir"),
     ]
     return [message for ok, message in checks if not ok]
 

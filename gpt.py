@@ -103,7 +103,7 @@ top_k = 0  # keep only the k most likely tokens; 0 keeps all
 top_p = 1.0  # keep the fewest tokens whose probability adds up to top_p; 1.0 keeps all
 kv_cache = True  # reuse keys and values of earlier positions while sampling
 stop = ''  # end a sample at this text; '' means none, or the end marker of a dataset of instruction pairs
-interactive = False  # prompts from standard input, one a line, each answered by the same loaded model; '' or Ctrl-D ends
+interactive = False  # prompts from standard input, one a line, answered by one loaded model; '' or Ctrl-D ends
 # -----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CONFIGURED = {}  # the knobs that a config file or the command line set (configurator.py fills it)

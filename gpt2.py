@@ -32,7 +32,8 @@ def folder_of(name):
             die("GPT-2's files need huggingface_hub and safetensors: pip install -r requirements.txt")
         except Exception as e:  # no network, or the hub refused: nothing was written but the cache
             die(f"could not fetch {HUB[name]} from the Hugging Face hub ({type(e).__name__}); without a network, copy "
-                f"a folder with its {', '.join(FILES)} here and give --init_from=FOLDER")
+                f"a folder with its {', '.join(FILES)} here and give its path: --init_from=FOLDER, "
+                f"--tokenizer_from=FOLDER")
     folder = os.path.dirname(name) if name.endswith('.safetensors') else name
     missing = [f for f in FILES if not os.path.isfile(os.path.join(folder, f))]
     if missing:
@@ -63,7 +64,8 @@ def architecture(cfg, block_size):
                 'tie_word_embeddings': cfg.get('tie_word_embeddings', True)}
     wrong = [k for k, ok in problems.items() if not ok]
     if wrong:
-        die(f"config.json describes another architecture than GPT-2's ({', '.join(f'{k}={cfg.get(k)!r}' for k in wrong)})")
+        differ = ', '.join(f'{k}={cfg.get(k)!r}' for k in wrong)
+        die(f"config.json describes another architecture than GPT-2's ({differ})")
     if block_size and block_size > cfg['n_positions']:
         die(f"block_size {block_size} is longer than GPT-2's {cfg['n_positions']} positions")
     return dict(vocab_size=cfg['vocab_size'], block_size=block_size or cfg['n_positions'], n_layer=cfg['n_layer'],
@@ -101,10 +103,12 @@ def load_gpt2(name, tok, dataset, block_size=None):
         weights['lm_head.weight'] = weights['wte.weight']
     expected = {f'blocks.{i}.{part}.{w}' for i in range(model_args['n_layer'])
                 for part in ('ln_1', 'attn.c_attn', 'attn.c_proj', 'ln_2', 'mlp.c_fc', 'mlp.c_proj')
-                for w in ('weight', 'bias')} | {'wte.weight', 'wpe.weight', 'ln_f.weight', 'ln_f.bias', 'lm_head.weight'}
+                for w in ('weight', 'bias')}
+    expected |= {'wte.weight', 'wpe.weight', 'ln_f.weight', 'ln_f.bias', 'lm_head.weight'}
     if set(weights) != expected:
         odd = sorted(set(weights) ^ expected)
-        die(f"{folder}/model.safetensors does not hold the GPT-2 of its config.json ({len(odd)} names differ: {odd[:3]})")
+        die(f"{folder}/model.safetensors does not hold the GPT-2 of its config.json "
+            f"({len(odd)} names differ: {odd[:3]})")
     config = {'dataset': None, 'init_from': name}
     return ({'model_type': 'gpt', 'model': weights, 'model_args': model_args, 'tokenizer': ours.describe(),
              'config': config, 'template': {}}, os.path.join(folder, 'model.safetensors'))

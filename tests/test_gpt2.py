@@ -5,12 +5,14 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import gpt
-from conftest import CORPUS, SHAKESPEARE, TINY, one_line_error, run, val_lines
+from conftest import CORPUS, REPO, SHAKESPEARE, TINY, one_line_error, run, val_lines
 from gpt2_folder import make
 from gpt2 import load_gpt2
 from tokenizer import BPETokenizer
@@ -153,3 +155,10 @@ def test_bad_gpt2_input_is_refused_in_one_line_with_nothing_written(proj, refere
     assert 'longer than' in one_line_error(run(proj, 'gpt.py', f'--dataset={data}', f'--init_from={folder}',
                                                '--max_iters=0', f'--prompt={long}'))
     assert not (proj / 'out').exists()
+
+
+def test_import_gpt_loads_no_next_step_module():
+    code = ("import sys, gpt; print(sorted(m for m in ('lora', 'quant', 'muon', 'instruct', 'gpt2', "
+            "'huggingface_hub', 'safetensors', 'transformers', 'tokenizers') if m in sys.modules))")
+    r = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == '[]', r.stdout + r.stderr
