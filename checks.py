@@ -44,6 +44,7 @@ def problems(k, root):
          "lora_rank > 0 adapts a trained model: --init_from=its checkpoint"),
         (not k.eval_only or k.init_from != 'scratch',
          "eval_only needs a model: --init_from=resume or a checkpoint's path"),
+        (not (k.interactive and k.eval_only), "interactive answers prompts, and eval_only samples nothing: choose one"),
         (not k.export or (k.init_from not in ('scratch', 'resume') and k.max_iters == 0 and not k.eval_only),
          "export writes a checkpoint's model out: --init_from=PATH --max_iters=0 --out_dir=NEW"),
         (not k.export or not os.path.exists(os.path.join(root, k.out_dir, 'ckpt.pt')),

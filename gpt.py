@@ -41,7 +41,7 @@ from tokenizer import description_in, from_description
 # -----------------------------------------------------------------------------
 dataset = 'shakespeare_char'  # reads data/<dataset>/ (made by prepare.py)
 out_dir = 'out'  # <out_dir>/ckpt.pt: the latest step; best.pt: the lowest val loss; log.csv; relative to this file
-init_from = 'scratch'  # 'scratch', 'resume' (<out_dir>/ckpt.pt) or a ckpt.pt's path; max_iters=0: only sample
+init_from = 'scratch'  # 'scratch', 'resume' (<out_dir>/ckpt.pt), a ckpt.pt's path, gpt2 or a HF folder (gpt2.py)
 eval_only = False  # with init_from 'resume' or a path: print the whole-split val loss and bpb, then exit
 export = False  # with init_from=PATH, max_iters=0: write its model (LoRA merged) to a new out_dir; else write nothing
 device = 'auto'  # 'auto' picks cuda, then mps, then cpu
@@ -76,7 +76,7 @@ muon_lr = 0.02  # Muon's peak rate (scaled by the same schedule)
 schedule = 'wsd'  # 'wsd': warmup, stable, then a linear decay; or 'cosine' decay after warmup
 batch_size = 8  # sequences per micro-step, per process
 gradient_accumulation_steps = 3  # micro-steps per optimizer step: a bigger batch, not more memory
-max_iters = 2000  # optimizer steps
+max_iters = 2000  # optimizer steps; 0 with a loaded model: only sample (or evaluate, or export)
 max_time = 0.0  # seconds of training; 0 means no limit. Whichever of the two ends first ends training
 learning_rate = 2e-3  # peak rate, after warmup
 min_lr = 2e-4  # the decay ends here

@@ -179,7 +179,7 @@ def test_tokenizer_from_refuses_unknown_characters(base, tmp_path):
     (['--lora_rank=-1', '--init_from=out/ckpt.pt'], 'lora_rank must be >= 0'),
     (['--lora_rank=4', '--lora_alpha=0', '--init_from=out/ckpt.pt'], 'lora_alpha must be > 0'),
     (['--lora_rank=4'], 'lora_rank > 0 adapts a trained model'),
-    (['--init_from=nowhere/ckpt.pt'], "no file 'nowhere/ckpt.pt'"),
+    (['--init_from=nowhere/ckpt.pt'], "there is no 'nowhere/ckpt.pt'"),
     (['--init_from=data/new/meta.json'], 'not a loadable checkpoint'),
     (['--init_from=b.pt'], 'not a gpt checkpoint'),
     (['--init_from=resume', '--lora_rank=4'], 'not a LoRA run'),

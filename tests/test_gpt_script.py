@@ -73,6 +73,7 @@ class Evil:
     (['--prompt='], 'prompt must not be empty'),
     (['--dtype=float8'], 'dtype must be'),
     (['--compile=maybe'], 'compile must be'),
+    (['--init_from=resume', '--eval_only=true', '--interactive=true'], 'choose one'),
     (['--device=cuda'], 'CUDA is not available'),
     (['--device=tpu'], 'unknown --device'),
     (['--dataset=nothing'], 'run: python prepare.py'),
