@@ -26,6 +26,7 @@ x = 'tokens'  # the x axis: 'tokens' (trained on), 'time' (seconds of training) 
 y = 'loss'  # the y axis: 'loss' (nats per token, train and val) or 'bpb' (val bits per byte)
 out = ''  # the PNG to write; empty means loss.png beside the first log
 title = ''  # the figure's title; empty means none
+ymax = 0.0  # the top of the y axis, to look closer at the end of runs; 0 fits every point
 attention = ''  # a gpt.py checkpoint: draw its attention over the prompt instead of loss curves
 prompt = 'ROMEO: But soft'  # the text whose attention --attention draws
 # -----------------------------------------------------------------------------
@@ -157,6 +158,8 @@ def main(paths):
     ax.set_xlabel({'tokens': 'tokens trained on', 'time': 'seconds of training', 'iter': 'optimizer steps'}[x])
     ax.set_ylabel('loss (nats per token)' if y == 'loss' else 'val bits per byte')
     ax.grid(alpha=0.3)
+    if ymax > 0:
+        ax.set_ylim(top=ymax)
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
