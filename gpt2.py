@@ -86,6 +86,8 @@ def load_gpt2(name, tok, dataset, block_size=None):
     except (OSError, ValueError, KeyError) as e:  # safetensors' errors are ValueErrors (SafetensorError)
         die(f"{folder} has no readable GPT-2 (config.json or model.safetensors: {type(e).__name__} {e})")
     ours = gpt2_tokenizer(folder)
+    if ours.vocab_size < model_args['vocab_size']:
+        die(f"{folder}'s vocab.json has {ours.vocab_size} tokens, fewer than its model's {model_args['vocab_size']}")
     if tok is not None and tok.describe() != ours.describe():
         die(f"dataset '{dataset}' was prepared with another tokenizer than {name}'s: encode your text with its "
             f"own, python prepare.py --input=FILE --dataset=NAME --tokenizer_from={name}")

@@ -135,6 +135,8 @@ def main(paths):
         die(f"--x must be tokens, time or iter, not '{x}'")
     if y not in ('loss', 'bpb'):
         die(f"--y must be loss or bpb, not '{y}'")
+    if ymax < 0:
+        die(f"--ymax must be > 0, or 0 to fit every point; not {ymax}")
     runs = [(os.path.basename(os.path.dirname(os.path.abspath(p))), read_log(p)) for p in paths]
     plt = pyplot()
     key = {'tokens': 'tokens', 'time': 'time_s', 'iter': 'iter'}[x]

@@ -6,6 +6,7 @@ tests use small ones; without a network it also stands in for GPT-2 itself, at i
     python tests/gpt2_folder.py --out=gpt2-shaped --input=../shared/data/tinyshakespeare/input.txt   # 124M
 """
 import argparse
+import json
 import os
 
 
@@ -23,6 +24,12 @@ def make(folder, text, vocab_size=512, n_layer=12, n_head=12, n_embd=768, n_posi
         show_progress=False))
     os.makedirs(folder, exist_ok=True)
     tk.model.save(str(folder))  # vocab.json and merges.txt
+    if model_vocab and model_vocab > tk.get_vocab_size():  # number every id the model has: unused tokens
+        with open(os.path.join(folder, 'vocab.json'), encoding='utf-8') as f:
+            vocab = json.load(f)
+        vocab |= {f'<|unused{i}|>': i for i in range(len(vocab), model_vocab)}
+        with open(os.path.join(folder, 'vocab.json'), 'w', encoding='utf-8') as f:
+            json.dump(vocab, f, ensure_ascii=False)
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=model_vocab or tk.get_vocab_size(), n_positions=n_positions,
                                      n_embd=n_embd, n_layer=n_layer, n_head=n_head, bos_token_id=0, eos_token_id=0)

@@ -24,6 +24,8 @@ def test_plot_real_logs(proj):
         r = run(proj, 'plot.py', 'a/log.csv', 'b/log.csv', *args, '--out=both.png')
         assert r.returncode == 0, r.stderr
         assert png_size(proj / 'both.png') == (512, 320) and 5_000 < (proj / 'both.png').stat().st_size < 200_000
+    assert run(proj, 'plot.py', 'a/log.csv', '--ymax=3', '--out=closer.png').returncode == 0
+    assert (proj / 'closer.png').read_bytes() != (proj / 'a' / 'loss.png').read_bytes()  # the axis ends at 3
 
 
 def test_plot_refusals(proj):
@@ -32,7 +34,8 @@ def test_plot_refusals(proj):
     (proj / 'garbled.csv').write_text('kind,iter,tokens,time_s,lr,train_loss,val_loss,val_bpb\neval,1,2,3,4,five,6,7\n')
     for args, message in ((['missing/log.csv'], 'not found'), (['other.csv'], 'is not a gpt.py log'),
                           (['empty.csv'], 'has no rows yet'), (['garbled.csv'], 'not a number'),
-                          ([], 'give one or more logs'), (['empty.csv', '--x=epochs'], '--x must be')):
+                          ([], 'give one or more logs'), (['empty.csv', '--x=epochs'], '--x must be'),
+                          (['empty.csv', '--ymax=-1'], '--ymax must be')):
         assert message in one_line_error(run(proj, 'plot.py', *args))
 
 
