@@ -162,3 +162,29 @@ def test_import_gpt_loads_no_next_step_module():
             "'huggingface_hub', 'safetensors', 'transformers', 'tokenizers') if m in sys.modules))")
     r = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == '[]', r.stdout + r.stderr
+
+
+def test_instruction_pairs_with_gradient_checkpointing_from_a_folder(proj, reference, tmp_path):
+    folder, _ = reference
+    pairs = [{'prompt': f'upper: {w}', 'response': w.upper()} for w in ('to be', 'or not', 'ay me', 'good night')] * 30
+    (tmp_path / 'p.jsonl').write_text(''.join(json.dumps(p) + '\n' for p in pairs))
+    r = run(proj, 'prepare.py', f'--input={tmp_path / "p.jsonl"}', '--format=pairs', '--dataset=sft',
+            f'--tokenizer_from={folder}')
+    assert r.returncode == 0, r.stderr
+    r = run(proj, 'gpt.py', '--dataset=sft', f'--init_from={folder}', '--block_size=32', '--lora_rank=4',
+            '--gradient_checkpointing=true', '--max_iters=10', '--eval_interval=5', '--eval_iters=2', '--batch_size=4',
+            '--gradient_accumulation_steps=1', '--compile=false', '--prompt=upper: to be', '--max_new_tokens=8')
+    assert r.returncode == 0, r.stderr
+    assert re.search(r'^exact match: all \d+\.\d%$', r.stdout, re.M) and '\nupper: to be\n' in r.stdout
+
+
+@pytest.mark.slow
+def test_gpt2_under_torchrun(proj, reference):
+    folder, _ = reference
+    data = prepared(proj, folder)
+    r = run(proj, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'gpt.py', f'--dataset={data}',
+            f'--init_from={folder}', '--device=cpu', '--block_size=32', '--max_iters=4', '--eval_interval=2',
+            '--eval_iters=2', '--batch_size=4', '--gradient_accumulation_steps=1', '--max_new_tokens=5',
+            env={'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'x processes 2' in r.stdout and r.stdout.count('whole-split val loss') == 1
