@@ -23,7 +23,7 @@ def test_two_processes_train_log_once_save_once_and_resume_exactly(proj):
     assert r.returncode == 0, r.stderr[-3000:]
     assert [l.split(':')[0] for l in val_lines(r.stdout)] == ['step 0', 'step 10', 'step 20']
     assert 'x processes 2' in r.stdout and r.stdout.count('whole-split val loss') == 1
-    assert sorted(os.listdir(proj / 'out')) == ['ckpt.pt', 'log.csv', 'run.lock']  # one writer: process 0
+    assert sorted(os.listdir(proj / 'out')) == ['best.pt', 'ckpt.pt', 'log.csv', 'run.lock']  # one writer: process 0
     # resume under DDP: every process gets its own dropout stream back, so it matches a run straight through
     resumed = run(proj, *TORCHRUN, 'gpt.py', *args, '--max_iters=30', '--init_from=resume', env=ENV)
     straight = run(proj, *TORCHRUN, 'gpt.py', *args, '--max_iters=30', '--out_dir=straight', env=ENV)
