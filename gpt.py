@@ -800,7 +800,7 @@ def write_csv(run, state, kind, train_loss='', val_loss='', val_bpb=''):
 
 
 # ----------------------------------------------------- evaluation and sampling
-def best_model(run, model, data, state):
+def best_model(model, data, state):
     """After training, the whole-split line and the samples are of the step with the lowest val loss estimate."""
     if state.best_iter != state.iter_num:
         best = load_checkpoint(os.path.join(ROOT, out_dir, 'best.pt'), 'gpt', data.tok, dataset)
@@ -887,8 +887,8 @@ def sample(run, model, data, state):
                                      kv_cache, g, show)
             show(out[0, len(ids):].tolist(), final=True)
             print('\n---------------', flush=True)
-            n = out.size(1) - len(ids)  # the speed on stderr, so that stdout holds the text alone
-            print(f"({n} tokens in {time.time() - t0:.2f} s: {n / (time.time() - t0):.1f} tokens/s)", file=sys.stderr)
+            n, dt = out.size(1) - len(ids), time.time() - t0  # the speed on stderr: stdout holds the text alone
+            print(f"({n} tokens in {dt:.2f} s: {n / dt:.1f} tokens/s)", file=sys.stderr)
 
 
 def prompts(tok, block_size, sep):
@@ -927,7 +927,7 @@ def main():
     if not run.master:
         return
     if trained:
-        best_model(run, model, data, state)
+        best_model(model, data, state)
     model = inference_model(model, state)
     if trained or eval_only:
         loss, bpb = evaluate(run, model, data, state)
