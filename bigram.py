@@ -72,7 +72,8 @@ def load_data(dataset):
         splits = {name: Split(np.memmap(os.path.join(folder, f'{name}.bin'), dtype=np.uint16, mode='r'))
                   for name in ('train', 'val')}
     except (OSError, ValueError) as e:
-        die(f"dataset '{dataset}' is not prepared in {folder} ({type(e).__name__}); run: python prepare.py")
+        from prepare import command_for
+        die(f"dataset '{dataset}' is not prepared in {folder} ({type(e).__name__}); run: {command_for(dataset)}")
     if meta.get('format', 'text') != 'text':
         die(f"dataset '{dataset}' holds instruction pairs: a bigram has no prompt to follow; train gpt.py on it")
     try:

@@ -7,6 +7,7 @@ import os
 import pickle
 import sys
 import warnings
+from contextlib import contextmanager
 
 import torch
 
@@ -73,6 +74,9 @@ def read_model(name, root, tok=None, dataset=None, block_size=None):
     path = os.path.join(root, name)
     if os.path.isfile(path) and not path.endswith('.safetensors'):
         return load_checkpoint(path, 'gpt', tok, dataset), path
+    if os.path.isfile(os.path.join(path, 'ckpt.pt')):
+        die(f"{name} is a run's folder, not a model: give its checkpoint, --init_from={os.path.join(name, 'ckpt.pt')} "
+            f"(or best.pt), or continue that run with --init_from=resume --out_dir={name}")
     from gpt2 import load_gpt2  # only for GPT-2: huggingface_hub and safetensors
     return load_gpt2(path if os.path.exists(path) else name, tok, dataset, block_size)
 
@@ -101,7 +105,7 @@ def claim_out_dir(folder):
         return None
     try:
         os.makedirs(folder, exist_ok=True)
-        lock = open(path, 'a+')
+        lock = open(path, 'a+', encoding='utf-8', errors='backslashreplace')  # argv may hold bytes that aren't UTF-8
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.seek(0)
@@ -111,3 +115,18 @@ def claim_out_dir(folder):
     lock.truncate(0)
     print(f"process {os.getpid()} ({' '.join(sys.argv)})", file=lock, flush=True)
     return lock
+
+
+@contextmanager
+def claimed(folder):
+    """claim_out_dir(folder) for the run inside the with-block (folder None: a run that writes nothing). A run
+    refused inside it (SystemExit) leaves no trace: its lock goes, and so does the folder if the claim made it."""
+    made = folder is not None and not os.path.exists(folder)
+    lock = claim_out_dir(folder) if folder is not None else None
+    try:
+        yield lock
+    except SystemExit:
+        if lock is not None and made and os.listdir(folder) == ['run.lock']:
+            os.remove(os.path.join(folder, 'run.lock'))
+            os.rmdir(folder)
+        raise

@@ -6,10 +6,13 @@ It never imports gpt.
 import os
 
 
-def problems(k, root):
-    """The messages for the knobs k (a namespace of gpt.py's knobs; root: gpt.py's folder) that cannot work."""
+def problems(k, root, configured=()):
+    """The messages for the knobs k (a namespace of gpt.py's knobs; root: gpt.py's folder; configured: the names
+    that a config file or the command line set) that cannot work."""
     choices = {'dtype': ('auto', 'float32', 'bfloat16', 'float16'), 'optimizer': ('adamw', 'muon'),
                'schedule': ('cosine', 'wsd'), 'weight_init': ('nanogpt', 'pytorch'), 'quantize': ('', 'int8', 'nf4')}
+    from_path = k.init_from not in ('scratch', 'resume') and os.path.exists(os.path.join(root, k.init_from))
+    writes = writes_out_dir(k) and from_path
     checks = [
         (k.init_from in ('scratch', 'resume') or k.init_from.startswith('gpt2')
          or os.path.exists(os.path.join(root, k.init_from)),
@@ -25,8 +28,13 @@ def problems(k, root):
          "max_iters, max_time, max_new_tokens, warmup_iters, lr_decay_iters, grad_clip and weight_decay "
          "must not be negative"),
         (0 <= k.dropout < 1, f"dropout must be in [0, 1), not {k.dropout}"),
-        (0 < k.learning_rate and 0 <= k.min_lr <= k.learning_rate,
-         "need 0 < learning_rate and 0 <= min_lr <= learning_rate"),
+        (0 < k.learning_rate and (not k.decay_lr or 0 <= k.min_lr <= k.learning_rate),
+         "need 0 < learning_rate and 0 <= min_lr <= learning_rate (or --decay_lr=false: a constant rate)"),
+        (k.decay_lr or 'min_lr' not in configured,
+         "min_lr is where the decay ends, and decay_lr=False has no decay: leave one of them out"),
+        (not (k.weight_init == 'pytorch' and k.tie_weights and k.init_from == 'scratch'),
+         "weight_init='pytorch' with a tied head starts at a loss near 31 (the embedding's N(0, 1) init feeds the "
+         "head): add --tie_weights=false, as the lecture's parts do"),
         (k.temperature >= 0, f"temperature must be >= 0 (0 is greedy), not {k.temperature}"),
         (k.top_k >= 0, f"top_k must be >= 0 (0 keeps all tokens), not {k.top_k}"),
         (0 < k.top_p <= 1, f"top_p must be in (0, 1], not {k.top_p}"),
@@ -50,8 +58,22 @@ def problems(k, root):
         (not k.export or not os.path.exists(os.path.join(root, k.out_dir, 'ckpt.pt')),
          f"{os.path.join(k.out_dir, 'ckpt.pt')} exists, and export never writes over a checkpoint: "
          f"give a new --out_dir"),
+        (not writes or not inside(os.path.join(root, k.init_from), os.path.join(root, k.out_dir)),
+         f"--init_from={k.init_from} lies in this run's --out_dir={k.out_dir}, which the run writes: give another "
+         f"--out_dir, so that the model it starts from stays as it is"),
     ]
     return [message for ok, message in checks if not ok]
+
+
+def writes_out_dir(k):
+    """Whether a run with the knobs k writes its out_dir: it trains (or resumes), or exports."""
+    return (k.max_iters > 0 and not k.eval_only) or k.export
+
+
+def inside(path, folder):
+    """Whether path is folder or lies inside it (links resolved)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
 
 
 def prompt_problem(tok, text, block_size):
@@ -63,3 +85,12 @@ def prompt_problem(tok, text, block_size):
             " ('\\udcXX' is a byte that is not UTF-8: check the terminal's encoding)" if not_utf8 else '')
     n = len(tok.encode(text))
     return f"the prompt is {n} tokens, longer than the model's context ({block_size})" if n > block_size else ''
+
+
+def stop_problem(tok, stop):
+    """Why a sample could never end at the text stop, or ''."""
+    missing = tok.unknown(stop)
+    if not missing:
+        return ''
+    hint = " (a backslash and an n are two characters: for a newline, in bash, --stop=$'\\n')" if '\\' in stop else ''
+    return f"--stop={stop!r} has characters that are not in the vocabulary, so no sample could end there: {missing}{hint}"

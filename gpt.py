@@ -32,8 +32,8 @@ from torch.nn import functional as F
 import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint as recompute
 
-from checkpoint import claim_out_dir, die, full_weights, load_checkpoint, read_model, save_checkpoint
-from checks import problems, prompt_problem
+from checkpoint import claimed, die, full_weights, load_checkpoint, read_model, save_checkpoint
+from checks import problems, prompt_problem, stop_problem, writes_out_dir
 from configurator import configure, knobs
 from tokenizer import description_in, from_description
 
@@ -80,6 +80,7 @@ max_iters = 2000  # optimizer steps; 0 with a loaded model: only sample (or eval
 max_time = 0.0  # seconds of training; 0 means no limit. Whichever of the two ends first ends training
 learning_rate = 2e-3  # peak rate, after warmup
 min_lr = 2e-4  # the decay ends here
+decay_lr = True  # False: after warmup the rate stays at learning_rate (the lecture's constant rate)
 warmup_iters = 100
 lr_decay_iters = 0  # steps of warmup plus decay; 0 means max_iters
 weight_decay = 0.1  # AdamW's, on the matrices it trains (under Muon: embeddings, head; Muon's get none)
@@ -168,7 +169,8 @@ def load_data(dataset):
                 mask = np.memmap(os.path.join(folder, f'{name}_mask.bin'), dtype=np.uint8, mode='r')
                 splits[name] = PairSplit(ids, mask)
     except (OSError, ValueError) as e:
-        die(f"dataset '{dataset}' is not prepared in {folder} ({type(e).__name__}); run: python prepare.py")
+        from prepare import command_for
+        die(f"dataset '{dataset}' is not prepared in {folder} ({type(e).__name__}); run: {command_for(dataset)}")
     try:
         tok = from_description(description_in(meta))
     except ValueError as e:
@@ -319,7 +321,7 @@ class GPT(nn.Module):
             self.register_buffer('rope_sin', angles.sin(), persistent=False)
         elif pos:
             self.wpe = nn.Embedding(block_size, n_embd)  # learned position embeddings
-        self.rope, self.pos = rope and pos, pos
+        self.rope, self.pos, self.causal = rope and pos, pos, causal
         self.drop = nn.Dropout(dropout)
         parts = dict(rmsnorm=rmsnorm, qk_norm=qk_norm, relu2=relu2, relu=relu, bias=bias, ffn=ffn, residual=residual,
                      norm=norm, causal=causal, gelu_tanh=gelu_tanh)
@@ -369,7 +371,9 @@ class GPT(nn.Module):
 
         With the cache, each step feeds only the newest token. Positions end at block_size, so a full cache
         is rebuilt from the last half block (one forward over it, at positions 0..): every token still sees
-        half a block or more. While the text fits in block_size, cached and uncached give the same tokens."""
+        half a block or more. While the text fits in block_size, cached and uncached give the same tokens.
+        A model without the causal mask never uses the cache: its cached positions never saw the later tokens."""
+        kv_cache = kv_cache and self.causal
         cache, fed, T0 = None, 0, idx.size(1)  # fed: how many tokens of idx are in the cache
         for _ in range(max_new_tokens):
             if not kv_cache:
@@ -450,7 +454,7 @@ def build_model(run, data):
     """The model: fresh ('scratch'), the run in out_dir ('resume'), or another checkpoint's weights to fine-tune
     (init_from=PATH, from step 0; with LoRA if lora_rank > 0). Also the state that the later steps share."""
     state = SimpleNamespace(iter_num=0, best_val_loss=math.inf, best_iter=0, train_time=0.0, lr=0.0, tokens_per_iter=0,
-                            flops_per_iter=0, ckpt=None, lora=None, base=None, lock=None, tokenizer=data.tok.describe(),
+                            flops_per_iter=0, ckpt=None, lora=None, base=None, tokenizer=data.tok.describe(),
                             kept='no checkpoint was written',  # what a fault leaves in place, said when it stops
                             ckpt_path=os.path.join(ROOT, out_dir, 'ckpt.pt'), config=knobs(globals()),
                             data_rng=torch.Generator().manual_seed(seed),  # the same on every process: the global batch
@@ -461,8 +465,11 @@ def build_model(run, data):
     weights = None
     if init_from == 'resume':
         ckpt = state.ckpt = load_checkpoint(state.ckpt_path, 'gpt', data.tok, dataset)
-        state.iter_num, state.best_iter = ckpt['iter_num'], ckpt.get('best_iter', 0)  # 0: none in best.pt yet
-        state.best_val_loss = ckpt['best_val_loss'] if state.best_iter else math.inf
+        state.iter_num, state.best_iter = ckpt['iter_num'], ckpt.get('best_iter', 0)
+        state.best_val_loss = ckpt['best_val_loss'] if 'best_iter' in ckpt else math.inf  # inf: no best.pt yet
+        if max_iters and not eval_only and state.iter_num >= max_iters:
+            run.log(f"note: {state.ckpt_path} is at step {state.iter_num}, at or past max_iters={max_iters}: nothing "
+                    f"to train (a higher --max_iters trains on); its best model is evaluated again")
         state.kept = f"{state.ckpt_path} keeps step {state.iter_num}"
         state.train_time = ckpt.get('train_time', 0.0)  # seconds trained so far: max_time is for the whole run
         state.lora, state.base = ckpt.get('lora'), ckpt.get('base')
@@ -471,17 +478,12 @@ def build_model(run, data):
                 f"fine-tune it: --init_from={os.path.join(out_dir, 'ckpt.pt')} --out_dir=ANOTHER")
         weights = full_weights(state.ckpt_path, ckpt, data.tok, dataset, GPT, merge=False)  # a LoRA run: its base
     elif init_from != 'scratch':
-        path = os.path.join(ROOT, init_from)  # relative paths start at this file's folder, like out_dir
-        if max_iters and not eval_only and os.path.isfile(path) and os.path.isfile(state.ckpt_path) \
-                and os.path.samefile(path, state.ckpt_path):
-            die(f"--init_from={init_from} is this run's own checkpoint; the fine-tuned model would be written "
-                f"over it: give another --out_dir")
         ckpt, path = read_model(init_from, ROOT, data.tok, dataset, block_size if 'block_size' in CONFIGURED else None)
         weights = full_weights(path, ckpt, data.tok, dataset, GPT)
-        if lora_rank:  # a new LoRA run: the adapters' settings, and which file their base is
-            from lora import sha256
+        if lora_rank:  # a new LoRA run: the adapters' settings, and its own link to the file of their base
+            from lora import keep_base
             state.lora = {'rank': lora_rank, 'alpha': lora_alpha, 'quantize': quantize}
-            state.base = {'path': os.path.abspath(path), 'sha256': sha256(path)}
+            state.base = keep_base(path, os.path.join(ROOT, out_dir), write=run.master)
     if weights is not None:  # the architecture is the checkpoint's (and a LoRA run's settings, on resume)
         state.model_args = {**ckpt['model_args'], 'dropout': dropout}
         state.template = state.template or ckpt.get('template', {})
@@ -495,6 +497,8 @@ def build_model(run, data):
     problem = prompt_problem(data.tok, prompt + state.template.get('sep', ''), T)
     if problem and not interactive:
         die(problem)
+    if stop_problem(data.tok, stop):
+        die(stop_problem(data.tok, stop))
     model = GPT(**state.model_args)
     run.log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {state.model_args}")
     if weights is not None:
@@ -679,7 +683,6 @@ def train(run, raw_model, optimizers, data, state):
                 f"saved {state.ckpt_path}")
     if run.dev_type == 'cuda':
         run.log(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB")
-    return state.iter_num > start_iter
 
 
 def begin_log(run, model, state):
@@ -703,10 +706,11 @@ def evaluate_and_save(run, model, raw_model, optimizers, data, state):
     if not math.isfinite(losses['train'] + losses['val']):
         die(f"the loss is not finite at step {state.iter_num}; not saved, {state.kept}")
     write_csv(run, state, 'eval', losses['train'], losses['val'], losses['val'] / math.log(2) / data.bytes_per_token)
+    # as nanoGPT keeps its best model, but beside the latest; the model a fine-tune starts from is a candidate too
+    if agree(run, losses['val'])[0] < state.best_val_loss:
+        state.best_val_loss, state.best_iter = losses['val'], state.iter_num
+        save(run, raw_model, [], state, os.path.join(ROOT, out_dir, 'best.pt'))
     if state.iter_num > 0:
-        if agree(run, losses['val'])[0] < state.best_val_loss:  # as nanoGPT keeps its best model, but beside the latest
-            state.best_val_loss, state.best_iter = losses['val'], state.iter_num
-            save(run, raw_model, [], state, os.path.join(ROOT, out_dir, 'best.pt'))
         save(run, raw_model, optimizers, state)
 
 
@@ -740,6 +744,8 @@ def set_lr(optimizers, state):
     # how far the decay has gone: by steps after warmup, or by time used, whichever is further
     progress = max((state.iter_num - warmup_iters) / max(decay_iters - warmup_iters, 1),
                    state.train_time / max_time if max_time > 0 else 0.0)
+    if not decay_lr:
+        progress = 0.0  # the peak rate, for good
     state.lr = get_lr(state.iter_num, progress, learning_rate, min_lr, warmup_iters, schedule)
     for opt in optimizers:
         for group in opt.param_groups:
@@ -802,6 +808,8 @@ def write_csv(run, state, kind, train_loss='', val_loss='', val_bpb=''):
 # ----------------------------------------------------- evaluation and sampling
 def best_model(model, data, state):
     """After training, the whole-split line and the samples are of the step with the lowest val loss estimate."""
+    if not math.isfinite(state.best_val_loss):  # stopped before its first eval: no best.pt
+        return
     if state.best_iter != state.iter_num:
         best = load_checkpoint(os.path.join(ROOT, out_dir, 'best.pt'), 'gpt', data.tok, dataset)
         model.load_state_dict(best['model'], strict=not state.lora)
@@ -869,6 +877,9 @@ def sample(run, model, data, state):
     template, and their end marker is its default stop."""
     sep, end = state.template.get('sep', ''), stop or state.template.get('end', '')
     g = torch.Generator(device=run.dev).manual_seed(seed)
+    if kv_cache and not model.causal:
+        print("note: sampling without the KV cache: with causal=False each position sees the later ones, "
+              "which a cached position never saw")
     for text in prompts(data.tok, model.block_size, sep):
         ids = data.tok.encode(text + sep)
         for _ in range(num_samples):
@@ -911,31 +922,30 @@ def prompts(tok, block_size, sep):
 
 def main():
     data = load_data(dataset)  # token ids, loss masks, the tokenizer
-    for problem in problems(SimpleNamespace(**knobs(globals())), ROOT):  # checks.py: settings that can't work
+    for problem in problems(SimpleNamespace(**knobs(globals())), ROOT, CONFIGURED):  # checks.py: settings that can't work
         die(problem)
-    run = setup_processes()  # one process or torchrun's; device and precision
-    model, state = build_model(run, data)  # scratch, resume, or a checkpoint to fine-tune
-    trained, training = False, state.iter_num < max_iters and not eval_only
-    if run.master and (training or export):  # the runs that write out_dir: one at a time
-        state.lock = claim_out_dir(os.path.join(ROOT, out_dir))
-    if training:
-        optimizers = make_optimizers(run, model, state)
-        trained = train(run, model, optimizers, data, state)
-    elif export:  # max_iters=0 from a checkpoint, asked to write it out
-        export_checkpoint(run, model, state)
-    finish_processes(run)
-    if not run.master:
-        return
-    if trained:
-        best_model(model, data, state)
-    model = inference_model(model, state)
-    if trained or eval_only:
-        loss, bpb = evaluate(run, model, data, state)
+    writes = writes_out_dir(SimpleNamespace(**knobs(globals()))) and int(os.environ.get('RANK', 0)) == 0
+    with claimed(os.path.join(ROOT, out_dir) if writes else None):  # a writing run holds out_dir, from the start
+        run = setup_processes()  # one process or torchrun's; device and precision
+        model, state = build_model(run, data)  # scratch, resume, or a checkpoint to fine-tune
+        trained = max_iters > 0 and not eval_only  # a resumed run at or past max_iters trains no step, then evaluates
+        if trained:
+            optimizers = make_optimizers(run, model, state)
+            train(run, model, optimizers, data, state)
+        elif export:  # max_iters=0 from a checkpoint, asked to write it out
+            export_checkpoint(run, model, state)
+        finish_processes(run)
+        if not run.master:
+            return
+        if trained:
+            best_model(model, data, state)
+        model = inference_model(model, state)
+        if trained or eval_only:
+            loss, bpb = evaluate(run, model, data, state)
         if trained:
             write_csv(run, state, 'final', '', loss, bpb)
     if not eval_only:  # eval_only: model, then evaluate
         sample(run, model, data, state)  # sample-only (max_iters=0): model, then sample
-
 
 if __name__ == '__main__':
     configure(globals(), sys.argv[1:])

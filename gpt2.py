@@ -53,6 +53,8 @@ def gpt2_tokenizer(name):
 
 def architecture(cfg, block_size):
     """gpt.py's model_args for a config.json, or die naming what is not GPT-2."""
+    if not isinstance(cfg, dict):
+        die(f"config.json holds a {type(cfg).__name__}, not GPT-2's settings (a JSON object)")
     n_embd = cfg.get('n_embd', 0)
     problems = {'model_type': cfg.get('model_type') == 'gpt2',
                 'activation_function': cfg.get('activation_function', 'gelu_new') in ('gelu_new', 'gelu'),
@@ -66,12 +68,28 @@ def architecture(cfg, block_size):
     if wrong:
         differ = ', '.join(f'{k}={cfg.get(k)!r}' for k in wrong)
         die(f"config.json describes another architecture than GPT-2's ({differ})")
+    sizes = ('vocab_size', 'n_positions', 'n_layer', 'n_head', 'n_embd')
+    unsized = [k for k in sizes if not isinstance(cfg.get(k), int) or cfg[k] <= 0]
+    if unsized:
+        die(f"config.json lacks GPT-2's sizes as positive whole numbers: {', '.join(unsized)}")
+    if cfg['n_embd'] % cfg['n_head']:
+        die(f"config.json's n_embd ({cfg['n_embd']}) is not a multiple of its n_head ({cfg['n_head']})")
     if block_size and block_size > cfg['n_positions']:
         die(f"block_size {block_size} is longer than GPT-2's {cfg['n_positions']} positions")
     return dict(vocab_size=cfg['vocab_size'], block_size=block_size or cfg['n_positions'], n_layer=cfg['n_layer'],
                 n_head=cfg['n_head'], n_embd=n_embd, dropout=0.0, rope=False, rmsnorm=False, qk_norm=False,
                 relu2=False, tie_weights=True, bias=True, relu=False, ffn=True, residual=True, norm=True, pos=True,
                 weight_init='nanogpt', causal=True, gelu_tanh=cfg.get('activation_function', 'gelu_new') == 'gelu_new')
+
+
+def shape_of(name, C, V, T):
+    """The shape of one of GPT-2's weights (gpt.py's names), for n_embd C, vocab_size V and block_size T."""
+    shapes = {'wte.weight': (V, C), 'wpe.weight': (T, C), 'lm_head.weight': (V, C),
+              'attn.c_attn.weight': (3 * C, C), 'attn.c_attn.bias': (3 * C,),
+              'attn.c_proj.weight': (C, C), 'mlp.c_fc.weight': (4 * C, C), 'mlp.c_fc.bias': (4 * C,),
+              'mlp.c_proj.weight': (C, 4 * C)}
+    part = name.split('.', 2)[-1] if name.startswith('blocks.') else name
+    return shapes.get(part, (C,))  # the norms' weights and biases, and the projections' biases
 
 
 def load_gpt2(name, tok, dataset, block_size=None):
@@ -83,7 +101,7 @@ def load_gpt2(name, tok, dataset, block_size=None):
             model_args = architecture(json.load(f), block_size)
         from safetensors.torch import load_file
         tensors = load_file(os.path.join(folder, 'model.safetensors'))
-    except (OSError, ValueError, KeyError) as e:  # safetensors' errors are ValueErrors (SafetensorError)
+    except Exception as e:  # a truncated file: SafetensorError, which is no ValueError in every version
         die(f"{folder} has no readable GPT-2 (config.json or model.safetensors: {type(e).__name__} {e})")
     ours = gpt2_tokenizer(folder)
     if ours.vocab_size < model_args['vocab_size']:
@@ -111,6 +129,12 @@ def load_gpt2(name, tok, dataset, block_size=None):
         odd = sorted(set(weights) ^ expected)
         die(f"{folder}/model.safetensors does not hold the GPT-2 of its config.json "
             f"({len(odd)} names differ: {odd[:3]})")
+    C, V, T = model_args['n_embd'], model_args['vocab_size'], model_args['block_size']
+    for k, v in weights.items():
+        want = shape_of(k, C, V, T)
+        if tuple(v.shape) != want:
+            die(f"{folder}/model.safetensors does not hold the GPT-2 of its config.json ({k} is {tuple(v.shape)}; "
+                f"n_embd={C}, vocab_size={V} need {want})")
     config = {'dataset': None, 'init_from': name}
     return ({'model_type': 'gpt', 'model': weights, 'model_args': model_args, 'tokenizer': ours.describe(),
              'config': config, 'template': {}}, os.path.join(folder, 'model.safetensors'))

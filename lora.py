@@ -9,6 +9,7 @@ It never imports gpt.
 import hashlib
 import math
 import os
+import shutil
 
 import torch
 import torch.nn as nn
@@ -58,10 +59,33 @@ def sha256(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def keep_base(path, out_dir, write=True):
+    """A new LoRA run's base, kept safe: a hard link in <out_dir>/base/ to the file the run starts from (a copy
+    where a link can't be made), and with GPT-2 the other files of its folder. Checkpoints are replaced by
+    renames, so a later run that rewrites the original leaves the linked file whole. Returns the base's record,
+    {'path', 'sha256', 'from'}; write=False (torchrun's other processes) only names it."""
+    folder = os.path.join(out_dir, 'base')
+    names = [os.path.basename(path)]
+    if path.endswith('.safetensors'):  # GPT-2: its config and tokenizer come from the same folder
+        names = ['config.json', 'model.safetensors', 'vocab.json', 'merges.txt']
+    for name in names if write else []:
+        source, target = os.path.join(os.path.dirname(path), name), os.path.join(folder, name)
+        os.makedirs(folder, exist_ok=True)
+        if os.path.lexists(target + '.tmp'):
+            os.remove(target + '.tmp')
+        try:
+            os.link(source, target + '.tmp')
+        except OSError:  # another file system, or one without links
+            shutil.copyfile(source, target + '.tmp')
+        os.replace(target + '.tmp', target)
+    kept = os.path.join(folder, os.path.basename(path))
+    return {'path': kept, 'sha256': sha256(kept), 'from': os.path.abspath(path)}
+
+
 def base_problem(base):
     """Why a LoRA checkpoint's base ({'path', 'sha256'}) can't be used, or '' when it is the very file."""
     if not os.path.isfile(base['path']):
-        return "is missing; put it back"
+        return f"is missing; put it back (it was {base['from']})" if 'from' in base else "is missing; put it back"
     if sha256(base['path']) != base['sha256']:
         return "has changed since (sha256 differs)"
     return ''

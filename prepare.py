@@ -192,6 +192,15 @@ def folder_for(tok):
     return out
 
 
+def command_for(name):
+    """The command that makes data/<name>/, for the line that says a dataset is missing."""
+    known = {'shakespeare_char': 'python prepare.py',
+             'shakespeare_bpe': 'python prepare.py --tokenizer=bpe',
+             'shakespeare_tasks': 'python prepare.py --format=tasks --tokenizer_from=shakespeare_char',
+             'shakespeare_gpt2': 'python prepare.py --dataset=shakespeare_gpt2 --tokenizer_from=gpt2'}
+    return known.get(name, f"python prepare.py --input=YOUR_TEXT --dataset={name}")
+
+
 def split_90_10(text, path):
     """The train and val parts: the text cut at 90% (the val text is then the same whatever the tokenizer),
     or the pairs cut by pair (by line for tasks: every task of a line on one side). Pairs also come back

@@ -7,25 +7,32 @@ over the seeds, a CSV with a row for each run, and a picture.
     python sweep.py config/lecture/layernorm.py --n_layer=1,3,6 --residual=true,false --seeds=3
 
 A --key=V1,V2 (a comma) is swept; a --key=V goes to every run, as do config files (first). seeds and out_dir
-are the sweep's own: seeds N runs each combination with seeds 1337, 1338, ...; out_dir holds one folder a run,
-sweep.csv and sweep.png. The picture draws val bpb against the first swept knob, with the seeds' spread
-as error bars, one line for each value of the second. Rerun the same command and the runs that finished are
-skipped: a sweep stopped by Ctrl-C goes on where it stopped. Each grid is checked by gpt.py's configurator
-before anything runs; a run that fails is reported in its row and the sweep goes on.
+are the sweep's own: seeds N runs each combination with seeds 1337, 1338, ... (or from --seed=S on; a listed
+--seed=S1,S2 gives the seeds themselves); out_dir holds one folder a run, sweep.csv and sweep.png. The picture
+draws val bpb against the first swept knob, with the seeds' spread as error bars, one line for each value of
+the second. Every combination is checked by gpt.py's configurator and its setting checks before anything runs.
+
+Each run's folder keeps the command it belongs to (run.json: gpt.py's arguments and the config files' sha256),
+so a folder of another command is refused, never reported as this one's. Rerun the same command and the
+finished runs are skipped; Ctrl-C or SIGTERM lets the running gpt.py save its step, and the rerun resumes it
+from there. A run that fails is reported in its row, the sweep goes on, and it exits 1.
 """
 import contextlib
 import csv
+import hashlib
 import io
 import itertools
 import json
 import os
-import re
+import signal
 import statistics
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import gpt
-from configurator import configure
+from checks import problems
+from configurator import configure, knobs
 from plot import pyplot, save
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -36,16 +43,20 @@ def die(msg):
     sys.exit(f"sweep: {msg}")
 
 
+class Stopped(Exception):
+    """SIGTERM, raised where the sweep waits, as Ctrl-C raises KeyboardInterrupt."""
+
+
 def parse(argv):
-    """Config files, the swept knobs ({key: [values as typed]}), the knobs for every run, seeds and out_dir."""
-    configs, swept, fixed, seeds, out_dir = [], {}, [], 1, os.path.join('sweeps', 'sweep')
+    """Config files, the swept knobs ({key: [values as typed]}), the knobs for every run, the seeds and out_dir."""
+    configs, swept, fixed, n_seeds, first_seed, out_dir = [], {}, [], None, 1337, os.path.join('sweeps', 'sweep')
     for arg in argv:
         key, _, value = arg[2:].partition('=')
         if not arg.startswith('--'):
             configs.append(arg)
         elif key == 'seeds':
-            seeds = int(value) if value.isdigit() else 0
-            if seeds < 1:
+            n_seeds = int(value) if value.isdigit() else 0
+            if n_seeds < 1:
                 die(f"--seeds must be a whole number of at least 1, not '{value}'")
         elif key == 'out_dir':
             out_dir = value
@@ -53,43 +64,124 @@ def parse(argv):
             swept[key] = value.split(',')
             if '' in swept[key]:
                 die(f"--{key}={value} has an empty value in its list")
+            if len(set(swept[key])) < len(swept[key]):
+                die(f"--{key}={value} lists a value twice: each run would count twice")
+        elif key == 'seed':
+            first_seed = whole(value)
         else:
             fixed.append(arg)
+    if 'seed' in swept:  # the seeds themselves
+        if n_seeds is not None:
+            die("give --seeds=N (seeds from --seed on) or a list --seed=S1,S2, not both")
+        seeds = [whole(v) for v in swept.pop('seed')]
+    else:
+        seeds = list(range(first_seed, first_seed + (n_seeds or 1)))
     return configs, swept, fixed, seeds, out_dir
 
 
+def whole(value):
+    if not value.isdigit():
+        die(f"--seed takes whole numbers, not '{value}'")
+    return int(value)
+
+
+def command_record(configs, args):
+    """What makes two runs the same run: gpt.py's arguments, and the text of each config file."""
+    digests = {}
+    for path in configs:
+        with open(path, 'rb') as f:
+            digests[path] = hashlib.sha256(f.read()).hexdigest()
+    return {'args': args, 'config_sha256': digests}
+
+
 def runs(configs, swept, fixed, seeds, out_dir):
-    """Every run: (the combination's values, seed, its folder, gpt.py's arguments). Each combination is checked
-    first by gpt.py's configurator, which refuses an unknown knob (with a suggestion) or a value of the wrong type."""
+    """Every run: (the combination's values, seed, its folder, gpt.py's arguments). Each run is checked first by
+    gpt.py's configurator (an unknown knob, with a suggestion, or a value of the wrong type) and its setting
+    checks (checks.py: a value that can't work)."""
     todo = []
     for values in itertools.product(*swept.values()):
         combo = dict(zip(swept, values))
-        args = [*configs, *fixed, *(f'--{k}={v}' for k, v in combo.items())]
-        with contextlib.redirect_stdout(io.StringIO()):
-            try:
-                configure(dict(vars(gpt)), args)
-            except SystemExit as e:
-                die(f"{e.code} (in {' '.join(args)})")
-        for seed in range(1337, 1337 + seeds):
-            name = '-'.join(f"{k}={v}" for k, v in combo.items()) + f"-seed={seed}" if combo else f"seed={seed}"
-            folder = os.path.join(out_dir, re.sub(r'[^\w.=-]', '_', name))
-            todo.append((combo, seed, folder, [*args, f'--seed={seed}', f'--out_dir={folder}', '--max_new_tokens=0']))
+        for seed in seeds:
+            parts = [f"{k}={v}" for k, v in combo.items()] + [f"seed={seed}"]
+            folder = os.path.join(out_dir, ''.join(c if c.isalnum() or c in '.=-' else '_' for c in '-'.join(parts)))
+            args = [*configs, *fixed, *(f'--{k}={v}' for k, v in combo.items()), f'--seed={seed}',
+                    f'--out_dir={folder}', '--max_new_tokens=0']
+            check(args)
+            todo.append((combo, seed, folder, args))
     return todo
 
 
-def run_one(folder, args):
-    """Run gpt.py; its result as a dict (kept in <folder>/result.json), or the line it failed with."""
-    r = subprocess.run([sys.executable, os.path.join(ROOT, 'gpt.py'), *args], capture_output=True, text=True)
-    final = re.search(r'whole-split val loss ([\d.]+) .*val bpb ([\d.]+)', r.stdout)
-    trained = re.search(r'trained (\d+) steps in ([\d.]+)s', r.stdout)
-    if r.returncode != 0 or not final or not trained:
-        lines = (r.stderr.strip() or r.stdout.strip() or f'exit {r.returncode}').splitlines()
+def check(args):
+    """gpt.py's configurator and setting checks on one run's arguments; the sweep stops on the first problem."""
+    scope = dict(vars(gpt))
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            configure(scope, args)
+        except SystemExit as e:
+            die(f"{e.code} (in {' '.join(args)})")
+    found = problems(SimpleNamespace(**knobs(scope)), ROOT, scope['CONFIGURED'])
+    if found:
+        die(f"{found[0]} (in {' '.join(args)})")
+
+
+def claim(folder, record):
+    """The run's folder for this command: refused in one line if it holds a run of another command."""
+    path = os.path.join(ROOT, folder, 'run.json')
+    if os.path.isfile(path):
+        with open(path) as f:
+            theirs = json.load(f)
+        if theirs == record:
+            return
+    elif not os.path.exists(os.path.join(ROOT, folder)):
+        return
+    die(f"{folder} holds a run of another command (its run.json differs, or has none); give another --out_dir, "
+        f"or remove that folder")
+
+
+def run_one(folder, args, record):
+    """Run gpt.py (resumed from its checkpoint if an earlier call was stopped); its result, read from the run's
+    log.csv and kept in <folder>/result.json, or the line it failed with."""
+    os.makedirs(os.path.join(ROOT, folder), exist_ok=True)
+    with open(os.path.join(ROOT, folder, 'run.json'), 'w') as f:
+        json.dump(record, f)
+    if os.path.isfile(os.path.join(ROOT, folder, 'ckpt.pt')):
+        args = [*args, '--init_from=resume']
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'gpt.py'), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate()
+    except (KeyboardInterrupt, Stopped) as e:
+        stop_child(proc, signal.SIGTERM if isinstance(e, Stopped) else signal.SIGINT)
+        raise
+    final = final_row(os.path.join(ROOT, folder, 'log.csv'))
+    if proc.returncode != 0 or final is None:
+        lines = (err.strip() or out.strip() or f'exit {proc.returncode}').splitlines()
         return {'status': 'failed: ' + lines[-1]}
-    result = {'status': 'ok', 'val_loss': float(final.group(1)), 'val_bpb': float(final.group(2)),
-              'steps': int(trained.group(1)), 'time_s': float(trained.group(2))}
+    result = {'status': 'ok', 'val_loss': float(final['val_loss']), 'val_bpb': float(final['val_bpb']),
+              'steps': int(final['iter']), 'time_s': float(final['time_s'])}
     with open(os.path.join(ROOT, folder, 'result.json'), 'w') as f:
         json.dump(result, f)
     return result
+
+
+def stop_child(proc, signum):
+    """Pass the signal on (a terminal's Ctrl-C reached gpt.py already; a signal to the sweep alone did not), and
+    wait while gpt.py saves its step and exits."""
+    proc.send_signal(signum)
+    while proc.poll() is None:
+        try:
+            proc.wait()
+        except (KeyboardInterrupt, Stopped):  # another Ctrl-C: it is saving already
+            pass
+
+
+def final_row(path):
+    """The last 'final' row of gpt.py's log.csv (whole-split val loss and bpb, steps, time trained), or None."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, newline='') as f:
+        rows = [row for row in csv.DictReader(f) if row['kind'] == 'final']
+    return rows[-1] if rows else None
 
 
 def mean_std(xs):
@@ -105,8 +197,8 @@ def report(swept, done, out_dir):
             w = csv.writer(f)
             w.writerow([*keys, 'seed', 'val_bpb', 'val_loss', 'steps', 'time_s', 'status'])
             for combo, seed, r in done:
-                w.writerow([*combo.values(), seed, *(r.get(k, '') for k in ('val_bpb', 'val_loss', 'steps',
-                                                                             'time_s')), r['status']])
+                cells = [r.get(k, '') for k in ('val_bpb', 'val_loss', 'steps', 'time_s')]
+                w.writerow([*combo.values(), seed, *cells, r['status']])
     except OSError as e:
         die(f"cannot write {os.path.join(out_dir, 'sweep.csv')} ({e.strerror or e})")
     groups = {}
@@ -124,23 +216,26 @@ def report(swept, done, out_dir):
         failed = [r['status'] for r in rs if r['status'] != 'ok']
         runs_cell = f"{len(ok)} ok" + (f", {failed[0]}" if failed else '')
         print(f"| {' | '.join(values) or 'as given'} | {' | '.join(cells)} | {runs_cell} |")
-    if keys:
-        draw(keys, groups, os.path.join(ROOT, out_dir, 'sweep.png'))
+    draw(keys, groups, os.path.join(ROOT, out_dir, 'sweep.png'))
 
 
 def draw(keys, groups, target):
+    """val bpb against the first swept knob (or one point, 'as given', when nothing is swept)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    groups = {values or ('as given',): rs for values, rs in groups.items()}
     xs = list(dict.fromkeys(v[0] for v in groups))  # the first knob's values, in the order given
     for line in dict.fromkeys(v[1:] for v in groups):  # one line for each value of the second knob (and on)
-        pts = [(xs.index(v[0]), [r['val_bpb'] for r in rs if r['status'] == 'ok']) for v, rs in groups.items()
-               if v[1:] == line]
-        pts = [(i, b) for i, b in pts if b]
+        pts = []
+        for values, rs in groups.items():
+            bpbs = [r['val_bpb'] for r in rs if r['status'] == 'ok']
+            if values[1:] == line and bpbs:
+                pts.append((xs.index(values[0]), bpbs))
         label = ', '.join(f"{k}={v}" for k, v in zip(keys[1:], line)) or None
         ax.errorbar([i for i, _ in pts], [statistics.mean(b) for _, b in pts], capsize=3, marker='o', label=label,
                     yerr=[statistics.stdev(b) if len(b) > 1 else 0 for _, b in pts])
     ax.set_xticks(range(len(xs)), xs, rotation=20 if max(map(len, xs)) > 6 else 0)  # long names: tilted
-    ax.set_xlabel(keys[0])
+    ax.set_xlabel(keys[0] if keys else 'the command, as given')
     ax.set_ylabel('whole-split val bpb (mean ± std over seeds)')
     if len(keys) > 1:
         ax.legend()
@@ -151,25 +246,37 @@ def draw(keys, groups, target):
 def main(argv):
     if '-h' in argv or '--help' in argv:
         print(__doc__.strip())
-        return
+        return 0
     configs, swept, fixed, seeds, out_dir = parse(argv)
     todo = runs(configs, swept, fixed, seeds, out_dir)
+    records = [command_record(configs, args) for *_, args in todo]
+    for (_, _, folder, _), record in zip(todo, records):
+        claim(folder, record)
     done = []
-    for i, (combo, seed, folder, args) in enumerate(todo, 1):
+    for i, ((combo, seed, folder, args), record) in enumerate(zip(todo, records), 1):
         path = os.path.join(ROOT, folder, 'result.json')
         if os.path.isfile(path):  # finished in an earlier call of the same command
             with open(path) as f:
                 done.append((combo, seed, json.load(f)))
             print(f"[{i}/{len(todo)}] {folder}: done already")
             continue
-        print(f"[{i}/{len(todo)}] {folder}: running", flush=True)
-        done.append((combo, seed, run_one(folder, args)))
+        resumed = ' (resumed from its checkpoint)' if os.path.isfile(os.path.join(ROOT, folder, 'ckpt.pt')) else ''
+        print(f"[{i}/{len(todo)}] {folder}: running{resumed}", flush=True)
+        done.append((combo, seed, run_one(folder, args, record)))
         print(f"    {done[-1][2]}", flush=True)
     report(swept, done, out_dir)
+    return int(any(r['status'] != 'ok' for *_, r in done))
+
+
+def stopped(signum, frame):
+    raise Stopped()
 
 
 if __name__ == '__main__':
+    signal.signal(signal.SIGTERM, stopped)
     try:
-        main(sys.argv[1:])
-    except KeyboardInterrupt:  # gpt.py saved its step; this run starts again when the same command is rerun
-        sys.exit("sweep: stopped; run the same command again to go on where it stopped")
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        sys.exit("sweep: stopped; the running gpt.py saved its step: run the same command again to go on")
+    except Stopped:
+        sys.exit("sweep: stopped by SIGTERM; the running gpt.py saved its step: run the same command again to go on")

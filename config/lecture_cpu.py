@@ -6,4 +6,3 @@
 from config.lecture.parts import *  # the lecture's parts and recipe
 out_dir = 'out-lecture-cpu'
 learning_rate = 1e-3
-min_lr = 1e-3  # = learning_rate: no decay

@@ -14,7 +14,6 @@ batch_size = 64
 gradient_accumulation_steps = 1
 dropout = 0.2
 learning_rate = 3e-4
-min_lr = 3e-4  # = learning_rate: no decay
 max_iters = 5000
 eval_interval = 500
 eval_iters = 200

@@ -92,7 +92,7 @@ def test_full_fine_tune_from_a_path(base):
     assert val_lines(resumed.stdout)[-1] == val_lines(straight.stdout)[-1]
     # fine-tuning into the folder that holds the source would write over it
     msg = one_line_error(run(base, 'gpt.py', *args, '--out_dir=out'))
-    assert 'own checkpoint' in msg and (base / 'out' / 'ckpt.pt').read_bytes() == source
+    assert "lies in this run's --out_dir=out" in msg and (base / 'out' / 'ckpt.pt').read_bytes() == source
 
 
 def test_lora_checkpoint_is_small_resumes_exactly_and_guards_its_base(base):
@@ -103,7 +103,9 @@ def test_lora_checkpoint_is_small_resumes_exactly_and_guards_its_base(base):
     assert re.search(r'LoRA rank 2: training [\d,]+ of [\d,]+ parameters \(\d+\.\d+%\)', r.stdout)
     ckpt = torch.load(base / 'lora' / 'ckpt.pt', weights_only=True)
     assert set(ckpt['model']) and all('lora_' in k for k in ckpt['model'])
-    assert ckpt['base']['path'] == os.path.abspath(base / 'out' / 'ckpt.pt') and len(ckpt['base']['sha256']) == 64
+    assert ckpt['base']['path'] == os.path.abspath(base / 'lora' / 'base' / 'ckpt.pt') and len(ckpt['base']['sha256']) == 64
+    assert ckpt['base']['from'] == os.path.abspath(base / 'out' / 'ckpt.pt')
+    assert os.path.samefile(base / 'lora' / 'base' / 'ckpt.pt', base / 'out' / 'ckpt.pt')  # a link, not a copy
     assert os.path.getsize(base / 'lora' / 'ckpt.pt') < os.path.getsize(base / 'out' / 'ckpt.pt') / 2
     resumed = run(base, 'gpt.py', *args[:1], *args[2:], '--init_from=resume', '--max_iters=30')
     straight = run(base, 'gpt.py', *args, '--max_iters=30', '--out_dir=lora2')
@@ -119,15 +121,21 @@ def test_lora_checkpoint_is_small_resumes_exactly_and_guards_its_base(base):
     ev2 = run(base, 'gpt.py', '--init_from=resume', '--out_dir=merged', '--dataset=new', '--eval_only=true')
     line = lambda out: re.search(r'val bpb ([\d.]+)', out).group(1)
     assert line(ev.stdout) == line(ev2.stdout)
-    # a base that changed, or went missing, is refused
-    good = (base / 'out' / 'ckpt.pt').read_bytes()
+    # a later run in the base's out_dir replaces out/ckpt.pt; the LoRA run's own link keeps its base
+    kept = base / 'lora' / 'base' / 'ckpt.pt'
+    good = kept.read_bytes()
     assert run(base, 'gpt.py', *TINY, '--max_iters=10').returncode == 0  # out/ckpt.pt is now another model
+    assert (base / 'out' / 'ckpt.pt').read_bytes() != good and kept.read_bytes() == good
+    again = run(base, 'gpt.py', '--init_from=resume', '--out_dir=lora', '--dataset=new', '--eval_only=true')
+    assert again.returncode == 0 and line(again.stdout) == line(ev.stdout), again.stderr
+    # a base that changed, or went missing, is refused
+    kept.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
     assert 'has changed' in one_line_error(run(base, 'gpt.py', '--init_from=resume', '--out_dir=lora', '--dataset=new',
                                                '--max_iters=0'))
-    os.remove(base / 'out' / 'ckpt.pt')
+    os.remove(kept)
     assert 'missing' in one_line_error(run(base, 'gpt.py', '--init_from=resume', '--out_dir=lora', '--dataset=new',
                                            '--eval_only=true'))
-    (base / 'out' / 'ckpt.pt').write_bytes(good)
+    kept.write_bytes(good)
     assert run(base, 'gpt.py', '--init_from=resume', '--out_dir=lora', '--dataset=new', '--eval_only=true').returncode == 0
 
 

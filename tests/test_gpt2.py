@@ -151,10 +151,21 @@ def test_bad_gpt2_input_is_refused_in_one_line_with_nothing_written(proj, refere
     (other / 'config.json').write_text(json.dumps({**cfg, 'model_type': 'llama'}))
     assert 'another architecture' in one_line_error(run(proj, 'gpt.py', f'--dataset={data}', f'--init_from={other}'))
     assert 'another tokenizer' in one_line_error(run(proj, 'gpt.py', f'--init_from={folder}', '--max_iters=0'))
+    for name, change, message in (  # a damaged file, another size, a config that is no object: one line each
+            ('truncated', lambda f: f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2]), 'no readable GPT-2'),
+            ('empty', lambda f: f.write_bytes(b''), 'no readable GPT-2'),
+            ('wider', lambda f: f.parent.joinpath('config.json').write_text(json.dumps({**cfg, 'n_embd': 64})),
+             'does not hold the GPT-2 of its config.json'),
+            ('list', lambda f: f.parent.joinpath('config.json').write_text('[]'), 'holds a list')):
+        damaged = tmp_path / name
+        shutil.copytree(folder, damaged)
+        change(damaged / 'model.safetensors')
+        r = run(proj, 'gpt.py', f'--dataset={data}', f'--init_from={damaged}', '--max_iters=0', env={})
+        assert message in one_line_error(r), name
     long = 'ROMEO: ' * 100
     assert 'longer than' in one_line_error(run(proj, 'gpt.py', f'--dataset={data}', f'--init_from={folder}',
                                                '--max_iters=0', f'--prompt={long}'))
-    assert not (proj / 'out').exists()
+    assert not (proj / 'out').exists() or os.listdir(proj / 'out') == ['run.lock']  # claimed first, nothing written
 
 
 def test_import_gpt_loads_no_next_step_module():

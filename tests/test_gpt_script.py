@@ -351,7 +351,7 @@ def test_configs_use_the_parts_they_name(config, parts, capsys):
     finally:
         os.chdir(cwd)
     assert {k: scope[k] for k in parts} == parts
-    assert scope['min_lr'] == scope['learning_rate'] or parts is GPT2_PARTS  # the lecture's constant rate
+    assert scope['decay_lr'] is (parts is GPT2_PARTS)  # the lecture's constant rate, whatever learning_rate is
     if config == 'config/lecture_gpu.py':  # the lecture's scaled-up model
         assert (scope['n_layer'], scope['n_head'], scope['n_embd'], scope['block_size'], scope['dropout']) == \
             (6, 6, 384, 256, 0.2)

@@ -103,7 +103,7 @@ def test_tiny_run_on_pairs_trains_and_reports_exact_match(proj, tmp_path):
         again = run(proj, 'gpt.py', *sample_only, '--dataset=shakespeare_char', f'--kv_cache={cache}')
         assert again.returncode == 0, again.stderr
         assert '\n\n' not in body(again)[:-1]  # ended at the pairs' end marker
-        free = body(run(proj, 'gpt.py', *sample_only, '--stop=#', f'--kv_cache={cache}'))  # '#' never comes
+        free = body(run(proj, 'gpt.py', *sample_only, '--stop=zzzzz', f'--kv_cache={cache}'))  # never comes
         stop = free[5:7]
         cut = run(proj, 'gpt.py', *sample_only, f'--stop={stop}', f'--kv_cache={cache}')
         assert body(cut) == free[:free.index(stop)] + '\n'  # cut at the first occurrence, after the prompt

@@ -27,21 +27,19 @@ def test_a_bad_grid_is_refused_before_anything_runs(proj, monkeypatch, capsys, a
 
 
 @pytest.mark.slow
-def test_two_seeds_table_csv_picture_a_failed_run_and_resume(proj):
-    args = ['sweep.py', '--n_head=1,2,3', '--seeds=2', *TINY, '--max_iters=6', '--out_dir=sw']
+def test_two_seeds_table_csv_picture_and_resume(proj):
+    args = ['sweep.py', '--n_head=1,2', '--seeds=2', *TINY, '--max_iters=6', '--out_dir=sw']
     r = run_process(proj, *args)
     assert r.returncode == 0, r.stderr
     row = r'^\| (\d) \| ([\d.]+) ± ([\d.]+) \| ([\d.]+) ± [\d.]+ \| 6 \| [\d.]+ \| 2 ok \|$'  # n_head, bpb, loss
     rows = re.findall(row, r.stdout, re.M)
     assert [row[0] for row in rows] == ['1', '2'] and all(float(row[2]) > 0 for row in rows)  # two seeds differ
-    failed = r'^\| 3 \|.*0 ok, failed: error: n_embd \(32\) must be a multiple of n_head \(3\) \|$'
-    assert re.search(failed, r.stdout, re.M)
     with open(proj / 'sw' / 'sweep.csv') as f:
         runs = list(csv.DictReader(f))
-    assert [(x['n_head'], x['seed']) for x in runs] == [(h, s) for h in '123' for s in ('1337', '1338')]
-    assert sum(x['status'] == 'ok' for x in runs) == 4 and (proj / 'sw' / 'sweep.png').stat().st_size > 1000
-    again = run_process(proj, *args)  # the finished runs are skipped; the failed ones are tried again
-    assert again.returncode == 0 and again.stdout.count('done already') == 4 and again.stdout.count(': running') == 2
+    assert [(x['n_head'], x['seed']) for x in runs] == [(h, s) for h in '12' for s in ('1337', '1338')]
+    assert all(x['status'] == 'ok' for x in runs) and (proj / 'sw' / 'sweep.png').stat().st_size > 1000
+    again = run_process(proj, *args)  # the finished runs are skipped
+    assert again.returncode == 0 and again.stdout.count('done already') == 4 and ': running' not in again.stdout
     assert [line for line in again.stdout.splitlines() if line.startswith('| 1 |')] == \
         [line for line in r.stdout.splitlines() if line.startswith('| 1 |')]
-    assert len(os.listdir(proj / 'sw')) == 4 + 2  # a folder for each run that ran (a refused one writes nothing)
+    assert len(os.listdir(proj / 'sw')) == 4 + 2  # a folder for each run, sweep.csv and sweep.png

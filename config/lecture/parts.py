@@ -3,8 +3,9 @@
 # (its scaled-up model) and config/lecture_cpu.py (its model at gpt.py's CPU size).
 # Parts: learned positions, LayerNorm before attention, before the feed-forward network and before the head,
 # ReLU, biases (the lecture's key, query and value Linears have none; here every Linear has one), an untied head,
-# PyTorch's default init. Recipe: AdamW with PyTorch's defaults (betas 0.9 and 0.999, weight decay 0.01) at a
-# constant rate (no warmup, no decay: a config sets min_lr = learning_rate), no gradient clipping, float32.
+# PyTorch's default init. Recipe: AdamW with PyTorch's defaults (betas 0.9 and 0.999, weight decay 0.01; the
+# lecture decays every parameter, gpt.py only the matrices) at a constant rate (no warmup, no decay), no gradient
+# clipping, float32.
 rope = False
 rmsnorm = False
 qk_norm = False
@@ -15,6 +16,7 @@ tie_weights = False
 weight_init = 'pytorch'
 optimizer = 'adamw'
 warmup_iters = 0
+decay_lr = False  # a constant rate at any learning_rate
 weight_decay = 0.01
 beta2 = 0.999
 grad_clip = 0.0

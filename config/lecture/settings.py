@@ -10,7 +10,6 @@ block_size = 8
 n_embd = 32
 dropout = 0.0
 learning_rate = 1e-3
-min_lr = 1e-3  # = learning_rate: no decay
 max_iters = 5000
 eval_interval = 500
 eval_iters = 200
