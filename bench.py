@@ -14,10 +14,10 @@ GPT.generate in this process; the profile times gpt.py's own pieces in this proc
 hooks on the modules and timers around the rest. A benchmark measures; it is never a test.
 """
 import copy
+import csv
+import math
 import os
 from collections import defaultdict
-from types import SimpleNamespace
-import re
 import resource
 import statistics
 import subprocess
@@ -28,9 +28,13 @@ import time
 import torch
 
 import gpt
+import machine
 import muon
 import quant
+from checkpoint import load_checkpoint
+from checks import die
 from configurator import configure, knobs
+from machine import pick_device
 
 # -----------------------------------------------------------------------------
 budget = 60.0  # seconds of training
@@ -53,32 +57,36 @@ def timed(fn, dev):
 
 
 def bench_training(gpt_args, tmp):
-    """Run the real gpt.py for `budget` seconds; its speed, MFU, loss and memory, and its checkpoint."""
+    """Run the real gpt.py for `budget` seconds; its speed, MFU, loss and memory (read from its log.csv), and
+    its checkpoint."""
     cmd = [sys.executable, os.path.join(gpt.ROOT, 'gpt.py'), *gpt_args, f'--max_time={budget}',
            '--max_iters=1000000000', f'--out_dir={tmp}', '--max_new_tokens=0']
     print('running:', ' '.join(cmd[1:]), flush=True)
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
-        sys.exit(f"bench: gpt.py failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
-    speed = [float(x.replace(',', '')) for x in re.findall(r'([\d,]+) tok/s', r.stdout)][1:] or [0.0]
-    mfu = [float(x) for x in re.findall(r'mfu ([\d.]+)%', r.stdout)][1:]
-    steps = re.search(r'trained (\d+) steps in ([\d.]+)s', r.stdout)
-    ckpt = gpt.load_checkpoint(os.path.join(tmp, 'ckpt.pt'), 'gpt')
-    args, tok_s = ckpt['model_args'], statistics.median(speed)
+        lines = r.stderr.strip().splitlines() or [f"exit {r.returncode}"]
+        die(f"gpt.py failed: {lines[-1]}")
+    with open(os.path.join(tmp, 'log.csv'), newline='') as f:
+        rows = list(csv.DictReader(f))
+    train_rows = [row for row in rows if row['kind'] == 'train'][1:]  # the first interval warms up
+    final = [row for row in rows if row['kind'] == 'final'][-1]
+    tokens_per_iter = int(final['tokens']) // max(int(final['iter']), 1)
+    step_s = statistics.median([float(row['step_ms']) for row in train_rows] or [math.nan]) / 1000
+    ckpt = load_checkpoint(os.path.join(tmp, 'ckpt.pt'), 'gpt')
+    args, tok_s = ckpt['model_args'], tokens_per_iter / step_s
     n_params = sum(v.numel() for k, v in ckpt['model'].items() if k != 'lm_head.weight' or not args['tie_weights'])
-    flops = tok_s * (6 * n_params + 12 * args['n_layer'] * args['n_embd'] * args['block_size'])
-    if not mfu and peak_flops:
-        mfu = [100 * flops / peak_flops]
-    rows = [('training tokens/s (median of progress lines)', f"{tok_s:,.0f}"),
+    flops = tok_s * machine.flops_per_token(n_params, args['n_layer'], args['n_embd'], args['block_size'])
+    peak = peak_flops or machine.peak_flops('cuda' if torch.cuda.is_available() else 'cpu')
+    mfu = 'n/a (give --peak_flops=)'
+    if peak:
+        mfu = f"{100 * flops / peak:.1f}%"
+    rows = [('training tokens/s (median of the log intervals after the first)', f"{tok_s:,.0f}"),
             ('achieved training FLOP/s (6N + 12LCT per token)', f"{flops / 1e9:,.1f} GFLOP/s"),
-            ('estimated MFU', f"{statistics.median(mfu):.1f}%" if mfu else 'n/a (give --peak_flops=)'),
-            ('optimizer steps in the budget', f"{steps.group(1)} in {steps.group(2)} s"),
-            ('whole-split val loss after the budget', re.search(r'whole-split val loss ([\d.]+)', r.stdout).group(1)),
+            ('estimated MFU', mfu),
+            ('optimizer steps in the budget', f"{final['iter']} in {float(final['time_s']):.1f} s"),
+            ('whole-split val loss after the budget', f"{float(final['val_loss']):.4f}"),
             ('peak host memory (RSS) of training',
              f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MiB")]
-    gpu_mem = re.search(r'peak GPU memory ([\d,]+) MiB', r.stdout)
-    if gpu_mem:
-        rows.append(('peak GPU memory of training', f"{gpu_mem.group(1)} MiB"))
     return rows, ckpt
 
 
@@ -117,7 +125,7 @@ def bench_sampling(model, dev):
         if isinstance(q, quant.Int8Linear):
             d.weight.data = q.dequantize()
     greedy = [m.generate(prompt, gen_tokens, temperature=0) for m in (models['int8'], dequantized)]
-    rows.append(('int8 road on this CPU', 'the int8 kernel (exact here: VNNI)' if quant.int8_kernel_is_exact()
+    rows.append(('int8 road on this CPU', 'the int8 kernel (its int8 sums are exact on this CPU)' if quant.int8_kernel_is_exact()
                  else "fp32 (this CPU's int8 kernel is not exact: no VNNI)"))
     rows.append((f'int8: the same {gen_tokens} greedy tokens as its weights dequantized to fp32',
                  'yes' if torch.equal(*greedy) else f"no: from token {(greedy[0] != greedy[1]).nonzero()[0, 1]}"))
@@ -198,7 +206,7 @@ def profile_training(dev):
     """Where a training step of the configured model goes, on the real data: a table by part."""
     if ns_fp32:
         muon.NS_DTYPE['cpu'] = torch.float32
-    run = gpt.setup_processes()
+    run = machine.start_run(gpt.device, gpt.dtype)
     data = gpt.load_data(gpt.dataset)
     with tempfile.TemporaryDirectory() as tmp:
         gpt.out_dir = tmp  # nothing is saved; this keeps make_optimizers from pointing at out/
@@ -228,7 +236,7 @@ def profile_training(dev):
 
 
 def main(gpt_args):
-    dev = gpt.pick_device(gpt.device)
+    dev = pick_device(gpt.device)
     if profile:
         return profile_training(dev)
     rows = []

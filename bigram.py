@@ -6,7 +6,6 @@ which has the same sections, helper names and steps (main()), grown for a GPT ru
     python bigram.py           # trains 3000 steps in a few seconds, prints losses and a sample
     python bigram.py --init_from=resume --max_iters=0   # only sample from out-bigram/ckpt.pt
 """
-import json
 import math
 import os
 import sys
@@ -18,9 +17,11 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from checkpoint import claim_out_dir, die, load_checkpoint, save_checkpoint
+from checkpoint import claimed, load_checkpoint, save_checkpoint
+from checks import die, prompt_problem
 from configurator import configure, knobs
-from tokenizer import description_in, from_description
+from machine import pick_device
+from prepare import load_prepared
 
 # -----------------------------------------------------------------------------
 dataset = 'shakespeare_char'  # reads data/<dataset>/ (made by prepare.py)
@@ -42,15 +43,6 @@ temperature = 1.0  # 0 means greedy
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def pick_device(name):
-    if name == 'auto':
-        return 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-    there = {'cpu': True, 'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available()}
-    if not there.get(name.split(':')[0]):
-        die(f"--device={name} is unknown or not available to torch {torch.__version__}; try --device=cpu")
-    return name
-
-
 # ------------------------------------------------------------------------ data
 class Split:
     """One split's token ids, memory-mapped."""
@@ -64,26 +56,11 @@ class Split:
 
 
 def load_data(dataset):
-    """The train and val splits, the tokenizer, and meta.json (made by prepare.py)."""
-    folder = os.path.join(ROOT, 'data', dataset)
-    try:
-        with open(os.path.join(folder, 'meta.json'), encoding='utf-8') as f:
-            meta = json.load(f)
-        splits = {name: Split(np.memmap(os.path.join(folder, f'{name}.bin'), dtype=np.uint16, mode='r'))
-                  for name in ('train', 'val')}
-    except (OSError, ValueError) as e:
-        from prepare import command_for
-        die(f"dataset '{dataset}' is not prepared in {folder} ({type(e).__name__}); run: {command_for(dataset)}")
-    if meta.get('format', 'text') != 'text':
+    """The train and val splits, the tokenizer, and meta.json (prepare.py wrote them, and reads them back)."""
+    meta, tok, ids, masks = load_prepared(ROOT, dataset)
+    if masks:
         die(f"dataset '{dataset}' holds instruction pairs: a bigram has no prompt to follow; train gpt.py on it")
-    try:
-        tok = from_description(description_in(meta))
-    except ValueError as e:
-        die(f"{folder}/meta.json has a malformed tokenizer ({e}); rerun prepare.py for this dataset")
-    for name, split in splits.items():  # files from another preparation than meta.json's
-        if np.max(split.ids, initial=0) >= tok.vocab_size:
-            die(f"{folder}/{name}.bin does not match its meta.json (ids past the vocabulary); rerun prepare.py")
-    return SimpleNamespace(train=splits['train'], val=splits['val'], tok=tok, meta=meta)
+    return SimpleNamespace(train=Split(ids['train']), val=Split(ids['val']), tok=tok, meta=meta)
 
 
 def get_batch(split, ix, block_size, device):
@@ -116,6 +93,16 @@ class BigramLanguageModel(nn.Module):
         return idx
 
 
+# -------------------------------------------------------------------- sampling
+def sample(dev, model, data):
+    """num_samples continuations of the prompt."""
+    g = torch.Generator(device=dev).manual_seed(seed)
+    idx = torch.tensor([data.tok.encode(prompt)] * num_samples, dtype=torch.long, device=dev)
+    for row in model.generate(idx, max_new_tokens, temperature, g).tolist():
+        print(data.tok.decode(row))
+        print('---------------')
+
+
 # ----------------------------------------------------------------- checkpoints
 def save(model, optimizer, state):
     """The model, optimizer and data order, as plain data; written atomically (checkpoint.py)."""
@@ -145,14 +132,14 @@ def check_config(data):
     for ok, msg in problems:
         if not ok:
             die(msg)
-    missing = data.tok.unknown(prompt)
-    if missing:  # ('\udcXX' is how Python keeps a byte that was not UTF-8)
-        die(f"the prompt has characters that are not in the vocabulary: {missing}")
+    problem = prompt_problem(data.tok, prompt, math.inf)  # a bigram reads only the prompt's last token
+    if problem:
+        die(problem)
 
 
 def build_model(dev, data):
     """The model: fresh ('scratch') or the run in out_dir ('resume'), with the state the later steps share."""
-    state = SimpleNamespace(iter_num=0, best_val_loss=math.inf, ckpt=None, saved=None, lock=None,
+    state = SimpleNamespace(iter_num=0, best_val_loss=math.inf, ckpt=None, saved=None,
                             tokenizer=data.tok.describe(),
                             ckpt_path=os.path.join(ROOT, out_dir, 'ckpt.pt'), config=knobs(globals()),
                             data_rng=torch.Generator().manual_seed(seed))  # draws the training batches
@@ -167,7 +154,6 @@ def build_model(dev, data):
 
 
 def make_optimizer(model, state):
-    state.lock = claim_out_dir(os.path.join(ROOT, out_dir))  # training writes out_dir: this run alone
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     if state.ckpt is not None:
         optimizer.load_state_dict(state.ckpt['optimizer'])
@@ -221,7 +207,6 @@ def train(dev, model, optimizer, data, state):
     return state.iter_num > start_iter
 
 
-# ----------------------------------------------------- evaluation and sampling
 @torch.no_grad()
 def full_val_loss(model, split, block_size, device, batch_size=64, token_bytes=None):
     """Loss over the whole split, and bits per byte if token_bytes (each id's UTF-8 length) is given: every
@@ -241,23 +226,16 @@ def evaluate(dev, model, data):
     print(f"whole-split val loss {loss:.4f} ({count:,} predictions), val bpb {bpb:.4f}")
 
 
-def sample(dev, model, data):
-    """num_samples continuations of the prompt."""
-    g = torch.Generator(device=dev).manual_seed(seed)
-    idx = torch.tensor([data.tok.encode(prompt)] * num_samples, dtype=torch.long, device=dev)
-    for row in model.generate(idx, max_new_tokens, temperature, g).tolist():
-        print(data.tok.decode(row))
-        print('---------------')
-
-
 def main():
     dev = pick_device(device)
     print(f"device: {dev}")
     data = load_data(dataset)  # token ids, the tokenizer
     check_config(data)
     model, state = build_model(dev, data)  # scratch or resume
-    if state.iter_num < max_iters and train(dev, model, make_optimizer(model, state), data, state):
-        evaluate(dev, model, data)  # after training: the whole-split val loss and bits per byte
+    trains = state.iter_num < max_iters
+    with claimed(os.path.join(ROOT, out_dir) if trains else None):  # a training run holds out_dir
+        if trains and train(dev, model, make_optimizer(model, state), data, state):
+            evaluate(dev, model, data)  # after training: the whole-split val loss and bits per byte
     sample(dev, model, data)  # sample-only (init_from=resume, max_iters=0): model, then sample
 
 

@@ -1,7 +1,7 @@
 """
-A run's files, for bigram.py and gpt.py alike: the checkpoint written so that a crash or a full disk never
-leaves half a file, read as plain data (no pickled code runs), and one run at a time in an out_dir.
-It never imports bigram or gpt.
+A run's files, for bigram.py and gpt.py alike: the checkpoint written so that a crash or a full disk
+never leaves half a file, read as plain data (no pickled code runs), and one run at a time in an
+out_dir. It never imports bigram or gpt.
 """
 import os
 import pickle
@@ -9,8 +9,7 @@ import sys
 import warnings
 from contextlib import contextmanager
 
-import torch
-
+from checks import die
 from tokenizer import description_in
 
 try:
@@ -19,36 +18,50 @@ except ImportError:
     fcntl = None
 
 
-def die(msg):
-    sys.exit(f"error: {msg}")
+def write_atomic(files):
+    """Write {path: bytes, or a function that writes to an open file}: each to a temp file,
+    fsynced, and only when all are written, each renamed over its old copy, in order (a dataset's
+    meta.json last). A crash leaves the old files or the new ones; a write that fails (a full
+    disk, a folder that can't be written) removes the temp files and stops in one line, with the
+    old files as they were."""
+    try:
+        for path, content in files.items():
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path + '.tmp', 'wb') as f:
+                if callable(content):
+                    content(f)
+                else:
+                    f.write(content)
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as e:  # path is the file that failed
+        for written in files:
+            if os.path.lexists(written + '.tmp'):
+                os.remove(written + '.tmp')
+        kept = ''
+        if os.path.exists(path):
+            kept = f": {path} keeps the last good state"
+        die(f"could not write {path} ({e.strerror or e}); nothing was changed and nothing partial is left{kept}")
+    for path in files:
+        os.replace(path + '.tmp', path)
 
 
 def save_checkpoint(path, ckpt):
-    """Write to a temp file, fsync, then rename: a crash leaves the old checkpoint or the new one. A write
-    that fails (a full disk) removes the temp file and stops in one line; the old checkpoint stays."""
-    tmp = path + '.tmp'
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, 'wb') as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-        kept = f"{path} keeps the last good state" if os.path.exists(path) else "no checkpoint was written"
-        die(f"could not save {path} ({e.strerror or e}); nothing partial is left, and {kept}")
+    """A checkpoint, written atomically: a crash or a full disk leaves the old one whole."""
+    import torch
+    write_atomic({path: lambda f: torch.save(ckpt, f)})
 
 
 def load_checkpoint(path, model_type, tok=None, dataset=None):
-    """A checkpoint as plain data (weights_only: no pickled code runs), checked against the tokenizer of the
-    dataset it is to be used on."""
+    """A checkpoint as plain data (weights_only: no pickled code runs), checked against the
+    tokenizer of the dataset it is to be used on."""
+    import torch
     if not os.path.isfile(path):
         die(f"no checkpoint at {path}; train first (init_from='scratch')")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter('ignore')  # torch warns about the pickle protocol of foreign files
+            # torch warns about the pickle protocol of foreign files
+            warnings.simplefilter('ignore')
             ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError:
         die(f"{path} is not a loadable checkpoint: it is not plain tensors and data, or is damaged "
@@ -68,9 +81,9 @@ def load_checkpoint(path, model_type, tok=None, dataset=None):
 
 
 def read_model(name, root, tok=None, dataset=None, block_size=None):
-    """A checkpoint (a ckpt.pt's path, from root), or GPT-2 as one (gpt2.py: a hub name, a Hugging Face folder
-    or its model.safetensors; block_size crops its 1,024 positions), checked against the dataset's tokenizer;
-    and the file it came from."""
+    """A checkpoint (a ckpt.pt's path, from root), or GPT-2 as one (gpt2.py: a hub name, a
+    Hugging Face folder or its model.safetensors; block_size crops its 1,024 positions), checked
+    against the dataset's tokenizer; and the file it came from."""
     path = os.path.join(root, name)
     if os.path.isfile(path) and not path.endswith('.safetensors'):
         return load_checkpoint(path, 'gpt', tok, dataset), path
@@ -82,9 +95,10 @@ def read_model(name, root, tok=None, dataset=None, block_size=None):
 
 
 def full_weights(path, ckpt, tok, dataset, model_class, merge=True):
-    """All of a gpt checkpoint's weights. A LoRA checkpoint holds only its adapters: its base's weights come
-    from the base (a checkpoint, or GPT-2), once checked to be the very file they trained on, with the
-    adapters merged into a model_class (merge=False: the base's alone, for a LoRA run to resume)."""
+    """All of a gpt checkpoint's weights. A LoRA checkpoint holds only its adapters: its base's
+    weights come from the base (a checkpoint, or GPT-2), once checked to be the very file they
+    trained on, with the adapters merged into a model_class (merge=False: the base's alone, for a
+    LoRA run to resume)."""
     if 'lora' not in ckpt:
         return ckpt['model']
     from lora import base_problem, merged_weights
@@ -97,15 +111,17 @@ def full_weights(path, ckpt, tok, dataset, model_class, merge=True):
 
 
 def claim_out_dir(folder):
-    """One run writes an out_dir at a time: hold a lock on <folder>/run.lock, so that a second run there is
-    refused in one line that names the first. The OS lets go of the lock when the process ends, however it
-    ends (kill -9 too), so nothing stale is left to block the next run. Keep what this returns."""
+    """One run writes an out_dir at a time: hold a lock on <folder>/run.lock, so that a second
+    run there is refused in one line that names the first. The OS lets go of the lock when the
+    process ends, however it ends (kill -9 too), so nothing stale is left to block the next run.
+    Keep what this returns."""
     path = os.path.join(folder, 'run.lock')
     if fcntl is None:
         return None
     try:
         os.makedirs(folder, exist_ok=True)
-        lock = open(path, 'a+', encoding='utf-8', errors='backslashreplace')  # argv may hold bytes that aren't UTF-8
+        # argv may hold bytes that aren't UTF-8
+        lock = open(path, 'a+', encoding='utf-8', errors='backslashreplace')
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.seek(0)
@@ -119,8 +135,9 @@ def claim_out_dir(folder):
 
 @contextmanager
 def claimed(folder):
-    """claim_out_dir(folder) for the run inside the with-block (folder None: a run that writes nothing). A run
-    refused inside it (SystemExit) leaves no trace: its lock goes, and so does the folder if the claim made it."""
+    """claim_out_dir(folder) for the run inside the with-block (folder None: a run that writes
+    nothing). A run refused inside it (SystemExit) leaves no trace: its lock goes, and so does
+    the folder if the claim made it."""
     made = folder is not None and not os.path.exists(folder)
     lock = claim_out_dir(folder) if folder is not None else None
     try:
@@ -130,3 +147,84 @@ def claimed(folder):
             os.remove(os.path.join(folder, 'run.lock'))
             os.rmdir(folder)
         raise
+
+
+# ------------------------------------------- how a gpt.py run takes a model from a file
+def resume(state, k, configured, data, model_class, log=print):
+    """init_from='resume': <out_dir>/ckpt.pt's step, time, best and LoRA settings into state
+    (gpt.py's State); the weights (a LoRA run's: its base's; the adapters load once the model is
+    adapted). k: the knobs; configured: the names a config file or the command line set."""
+    ckpt = state.ckpt = load_checkpoint(state.ckpt_path, 'gpt', data.tok, k.dataset)
+    state.iter_num = ckpt['iter_num']
+    state.best_iter = ckpt.get('best_iter', 0)
+    if 'best_iter' in ckpt:  # checkpoints from before best.pt have none
+        state.best_val_loss = ckpt['best_val_loss']
+    state.last_save = f"{state.ckpt_path} keeps step {state.iter_num}"
+    state.train_time = ckpt.get('train_time', 0.0)
+    state.lora = ckpt.get('lora')
+    state.base = ckpt.get('base')
+    if k.lora_rank and not state.lora:
+        die(f"{state.ckpt_path} is not a LoRA run, so it cannot resume with lora_rank > 0; to add LoRA, "
+            f"fine-tune it: --init_from={os.path.join(k.out_dir, 'ckpt.pt')} --out_dir=ANOTHER")
+    if k.max_iters and not k.eval_only and state.iter_num >= k.max_iters:
+        log(f"note: {state.ckpt_path} is at step {state.iter_num}, at or past max_iters={k.max_iters}: "
+            f"nothing to train (a higher --max_iters trains on); its best model is evaluated again")
+    keep_model_settings(state, ckpt, k, configured)
+    if state.lora:  # a QLoRA model samples on its own 4-bit base, never another
+        lora_settings = {'lora_rank': state.lora['rank'], 'lora_alpha': state.lora['alpha']}
+        if state.lora['quantize']:
+            lora_settings['quantize'] = state.lora['quantize']
+        refuse_other_settings(state, lora_settings, k, configured)
+    return full_weights(state.ckpt_path, ckpt, data.tok, k.dataset, model_class, merge=False)
+
+
+def start_from(state, k, configured, data, model_class, root, write=True):
+    """init_from=PATH: a checkpoint's (or GPT-2's) architecture and weights, from step 0. A new
+    LoRA run keeps its own link to the file of its base (lora.py; write=False on torchrun's other
+    processes)."""
+    limit = None
+    if 'block_size' in configured:
+        limit = k.block_size  # crops GPT-2's 1,024 positions
+    ckpt, path = read_model(k.init_from, root, data.tok, k.dataset, limit)
+    if k.lora_rank:
+        from lora import keep_base
+        state.lora = {'rank': k.lora_rank, 'alpha': k.lora_alpha, 'quantize': k.quantize}
+        state.base = keep_base(path, os.path.join(root, k.out_dir), write=write)
+    keep_model_settings(state, ckpt, k, configured)
+    return full_weights(path, ckpt, data.tok, k.dataset, model_class)
+
+
+def keep_model_settings(state, ckpt, k, configured):
+    """A loaded model keeps its architecture (dropout is the run's) and its template."""
+    state.model_args = {**ckpt['model_args'], 'dropout': k.dropout}
+    state.template = state.template or ckpt.get('template', {})
+    architecture = {}
+    for name, value in state.model_args.items():
+        if name in state.config and name != 'dropout':
+            architecture[name] = value
+    refuse_other_settings(state, architecture, k, configured)
+
+
+def refuse_other_settings(state, from_checkpoint, k, configured):
+    """A knob set to another value than the checkpoint's is refused, never ignored; the saved
+    config says what was used."""
+    for name, value in from_checkpoint.items():
+        if name in configured and getattr(k, name) != value:
+            die(f"--{name}={getattr(k, name)!r}, but the model of {k.init_from} has {name}={value!r}; it comes "
+                f"with the checkpoint: leave --{name} out")
+    state.config |= from_checkpoint
+
+
+def restore_randomness(run, state):
+    """On resume, the data order and this process's dropout stream go on where they stopped:
+    after the model is built, whose init draws from the same generator."""
+    import torch
+    ckpt = state.ckpt
+    if ckpt is None:
+        return
+    state.data_rng.set_state(ckpt['rng']['data'])
+    if run.rank < len(ckpt['rng']['torch']):  # a row per process
+        torch.set_rng_state(ckpt['rng']['torch'][run.rank].clone())
+        if run.dev_type == 'cuda' and ckpt['rng'].get('cuda') is not None:
+            torch.cuda.set_rng_state(ckpt['rng']['cuda'][run.rank].clone())
+    run.log(f"resumed from {state.ckpt_path} at step {state.iter_num}")

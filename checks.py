@@ -1,9 +1,16 @@
 """
 The settings of gpt.py that cannot work, each with the one line that says so: gpt.py's main() refuses
 them before anything is built or written. Kept apart so that gpt.py reads as the model and its run.
+And die(), the one way every script here refuses: one line on stderr, exit 1, no traceback.
 It never imports gpt.
 """
 import os
+import sys
+
+
+def die(msg):
+    """Stop with one line, 'error: <msg>', on stderr and exit status 1."""
+    sys.exit(f"error: {msg}")
 
 
 def problems(k, root, configured=()):

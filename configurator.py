@@ -17,11 +17,9 @@ import os
 import re
 import sys
 
+from checks import die
+
 TRUE, FALSE = ('true', '1', 'yes', 'on'), ('false', '0', 'no', 'off')
-
-
-def fail(msg):
-    sys.exit(f"config error: {msg}")
 
 
 def knobs(scope):
@@ -50,12 +48,12 @@ def coerce(key, value, default):
             return float(value)
     elif isinstance(value, str):
         return value
-    fail(f"{key}={value!r} is not a valid {kind.__name__} (the default is {default!r})")
+    die(f"{key}={value!r} is not a valid {kind.__name__} (the default is {default!r})")
 
 
 def unknown(key, names):
     close = difflib.get_close_matches(key, names, n=1)
-    fail(f"unknown config key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    die(f"unknown config key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
 
 
 def apply(scope, known, key, value, source):
@@ -88,13 +86,13 @@ def configure(scope, argv):
             sys.exit(0)
         if not arg.startswith('--'):  # a config file
             if not os.path.isfile(arg):
-                fail(f"config file '{arg}' not found (arguments are config files or --key=value)")
+                die(f"config file '{arg}' not found (arguments are config files or --key=value)")
             ns = {k: scope[k] for k in known}
             try:
                 with open(arg, encoding='utf-8') as f:
                     exec(compile(f.read(), arg, 'exec'), ns)
             except Exception as e:
-                fail(f"config file '{arg}' failed: {type(e).__name__}: {e}")
+                die(f"config file '{arg}' failed: {type(e).__name__}: {e}")
             # imports and helpers inside a config file are not knobs; any other new name is a typo
             names = [k for k, v in ns.items() if not (k.startswith('_') or callable(v) or type(v).__name__ == 'module')]
             for k in names:
@@ -106,7 +104,7 @@ def configure(scope, argv):
             continue
         key, eq, raw = arg[2:].partition('=')
         if not eq:
-            fail(f"'{arg}' has no '=': write --{key}=VALUE")
+            die(f"'{arg}' has no '=': write --{key}=VALUE")
         if key not in known:
             unknown(key, known)
         try:

@@ -14,7 +14,7 @@ against transformers' GPT2LMHeadModel (tests/test_gpt2.py), it differs in three 
 import json
 import os
 
-from checkpoint import die
+from checks import die
 from tokenizer import BPETokenizer
 
 HUB = {name: f'openai-community/{name}' for name in ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')}

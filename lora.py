@@ -79,7 +79,9 @@ def keep_base(path, out_dir, write=True):
             shutil.copyfile(source, target + '.tmp')
         os.replace(target + '.tmp', target)
     kept = os.path.join(folder, os.path.basename(path))
-    return {'path': kept, 'sha256': sha256(kept), 'from': os.path.abspath(path)}
+    # torchrun's other processes may get here before process 0 has made the link: they hash the source,
+    # the same bytes
+    return {'path': kept, 'sha256': sha256(kept if write else path), 'from': os.path.abspath(path)}
 
 
 def base_problem(base):

@@ -19,6 +19,7 @@ import os
 import sys
 import textwrap
 
+from checks import die
 from configurator import configure
 
 # -----------------------------------------------------------------------------
@@ -30,11 +31,7 @@ ymax = 0.0  # the top of the y axis, to look closer at the end of runs; 0 fits e
 attention = ''  # a gpt.py checkpoint: draw its attention over the prompt instead of loss curves
 prompt = 'ROMEO: But soft'  # the text whose attention --attention draws
 # -----------------------------------------------------------------------------
-COLUMNS = ['kind', 'iter', 'tokens', 'time_s', 'lr', 'train_loss', 'val_loss', 'val_bpb']
-
-
-def die(msg):
-    sys.exit(f"plot: {msg}")
+COLUMNS = ['kind', 'iter', 'tokens', 'time_s', 'lr', 'train_loss', 'val_loss', 'val_bpb', 'step_ms']
 
 
 def read_log(path):
@@ -44,14 +41,15 @@ def read_log(path):
     with open(path, newline='', encoding='utf-8', errors='replace') as f:
         reader = csv.reader(f)
         header = next(reader, None)
-        if header not in (COLUMNS, COLUMNS[:-1]):  # logs from before val_bpb have one column less
+        if header not in (COLUMNS, COLUMNS[:-1], COLUMNS[:-2]):  # older logs lack step_ms, and val_bpb
             die(f"'{path}' is not a gpt.py log: its first line should be {','.join(COLUMNS)}")
         rows = []
         for n, row in enumerate(reader, 2):
-            if len(row) not in (len(header), len(COLUMNS)) or row[0] not in ('train', 'eval', 'final'):
+            if not len(header) <= len(row) <= len(COLUMNS) or row[0] not in ('train', 'eval', 'final'):
                 die(f"'{path}' line {n} is not a gpt.py log row: {','.join(row)[:60]}")
             try:
-                rows.append({k: (v if k == 'kind' else float(v) if v else None) for k, v in zip(COLUMNS, row + [''])})
+                rows.append({k: (v if k == 'kind' else float(v) if v else None)
+                             for k, v in zip(COLUMNS, row + [''] * (len(COLUMNS) - len(row)))})
             except ValueError:
                 die(f"'{path}' line {n} has a value that is not a number: {','.join(row)[:60]}")
     if not rows:
@@ -83,15 +81,16 @@ def attention_maps(path, text):
     explicit attention path of the model in the checkpoint (the same numbers as its fast path)."""
     import torch
     import gpt
+    from checkpoint import full_weights, load_checkpoint
     from tokenizer import description_in, from_description
     if not text:
         die("--prompt must not be empty")
-    ckpt = gpt.load_checkpoint(path, 'gpt')  # one line for a missing, damaged or foreign file
+    ckpt = load_checkpoint(path, 'gpt')  # one line for a missing, damaged or foreign file
     tok = from_description(description_in(ckpt))
     if tok.unknown(text):
         die(f"the prompt has characters that are not in the model's vocabulary: {tok.unknown(text)}")
     model = gpt.GPT(**ckpt['model_args']).eval()
-    model.load_state_dict(gpt.full_weights(path, ckpt, tok, None, gpt.GPT))
+    model.load_state_dict(full_weights(path, ckpt, tok, None, gpt.GPT))
     ids = tok.encode(text)[-model.block_size:]  # what the model can see at once
     for block in model.blocks:
         block.attn.use_sdpa = False  # the explicit path keeps its weights

@@ -20,6 +20,8 @@ import sys
 
 import numpy as np
 
+from checkpoint import write_atomic
+from checks import die
 from configurator import configure
 from tokenizer import BPETokenizer, CharTokenizer, description_in, from_description
 
@@ -36,30 +38,6 @@ timeout = 30.0  # seconds to wait for the server
 # -----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SEP, END = '\n', '\n\n'  # an instruction pair is rendered as prompt + SEP + response + END
-
-
-def die(msg):
-    sys.exit(f"prepare: {msg}")
-
-
-def write_atomic(files):
-    """Write {path: bytes}: every file to a temp file first, then each renamed over its old copy (in order:
-    meta.json last). A full disk, or a folder that can't be written, stops before any rename, so the old
-    files stay as they were and nothing partial is left."""
-    try:
-        for path, data in files.items():
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path + '.tmp', 'wb') as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-    except OSError as e:  # path is the file that failed
-        for written in files:
-            if os.path.lexists(written + '.tmp'):
-                os.remove(written + '.tmp')
-        die(f"could not write {path} ({e.strerror or e}); nothing was changed, and nothing partial is left")
-    for path in files:
-        os.replace(path + '.tmp', path)
 
 
 def download(url, path, sha256, timeout):
@@ -199,6 +177,33 @@ def command_for(name):
              'shakespeare_tasks': 'python prepare.py --format=tasks --tokenizer_from=shakespeare_char',
              'shakespeare_gpt2': 'python prepare.py --dataset=shakespeare_gpt2 --tokenizer_from=gpt2'}
     return known.get(name, f"python prepare.py --input=YOUR_TEXT --dataset={name}")
+
+
+def load_prepared(root, dataset):
+    """Read back what this file wrote to <root>/data/<dataset>/, checked: meta.json, its tokenizer, and each
+    split's token ids (and, for pairs, loss mask) memory-mapped. Returns (meta, tok, ids, masks); ids and masks
+    are dicts by split, masks empty for text. A missing or mismatched file: one line, and exit."""
+    folder = os.path.join(root, 'data', dataset)
+    ids, masks = {}, {}
+    try:
+        with open(os.path.join(folder, 'meta.json'), encoding='utf-8') as f:
+            meta = json.load(f)
+        for name in ('train', 'val'):
+            ids[name] = np.memmap(os.path.join(folder, f'{name}.bin'), dtype=np.uint16, mode='r')
+            if meta.get('format', 'text') != 'text':
+                masks[name] = np.memmap(os.path.join(folder, f'{name}_mask.bin'), dtype=np.uint8, mode='r')
+    except (OSError, ValueError) as e:
+        die(f"dataset '{dataset}' is not prepared in {folder} ({type(e).__name__}); run: {command_for(dataset)}")
+    try:
+        tok = from_description(description_in(meta))
+    except ValueError as e:
+        die(f"{folder}/meta.json has a malformed tokenizer ({e}); prepare this dataset again")
+    for name in ids:  # files from another preparation than meta.json's
+        top = int(np.max(ids[name], initial=0))
+        if top >= tok.vocab_size or (name in masks and len(masks[name]) != len(ids[name])):
+            die(f"{folder}/{name}.bin does not match its meta.json (ids to {top}, {tok.vocab_size} tokens, "
+                f"or a mask of another length); rerun prepare.py for this dataset")
+    return meta, tok, ids, masks
 
 
 def split_90_10(text, path):

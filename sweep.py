@@ -31,16 +31,12 @@ import sys
 from types import SimpleNamespace
 
 import gpt
-from checks import problems
+from checks import die, problems
 from configurator import configure, knobs
 from plot import pyplot, save
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TEXT = ('prompt', 'stop')  # knobs whose values may hold commas: never swept
-
-
-def die(msg):
-    sys.exit(f"sweep: {msg}")
 
 
 class Stopped(Exception):

@@ -57,7 +57,7 @@ def test_accepted(arg, key, want):
 def test_refused(arg, message):
     with pytest.raises(SystemExit) as e:
         configure(scope(), [arg])
-    assert message in str(e.value) and str(e.value).startswith('config error:')
+    assert message in str(e.value) and str(e.value).startswith('error:')
 
 
 def test_config_file(tmp_path):

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 import gpt
 from tokenizer import CharTokenizer
@@ -274,8 +275,10 @@ def test_weight_init_pytorch_is_the_lectures():
     assert nanogpt.wte.weight.std().item() == pytest.approx(0.02, rel=0.2)
     bound = 1 / math.sqrt(32)  # nn.Linear's kaiming-uniform: |w| <= 1/sqrt(fan_in)
     assert lecture.blocks[0].mlp.c_fc.weight.abs().max() <= bound
-    relu = gpt.FeedForward(4, 0.0, relu=True)
-    assert relu.act is torch.nn.functional.relu
+    h = torch.randn(64)
+    for kw, fn in (({'relu': True}, torch.relu), ({'relu2': True}, lambda t: torch.relu(t) ** 2),
+                   ({'gelu_tanh': True}, lambda t: F.gelu(t, approximate='tanh')), ({}, F.gelu)):
+        assert torch.equal(gpt.FeedForward(4, 0.0, **kw).act(h), fn(h)), kw
 
 
 def test_attention_weights_of_the_explicit_path():

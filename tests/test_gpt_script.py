@@ -19,7 +19,8 @@ def test_train_log_and_sample(trained):
     assert re.search(r'^whole-split val loss \d\.\d{4} \(', r.stdout, re.M)
     assert '\nFirst' in r.stdout  # the sample starts with the prompt
     rows = (proj / 'out' / 'log.csv').read_text().splitlines()
-    assert rows[0] == 'kind,iter,tokens,time_s,lr,train_loss,val_loss,val_bpb'
+    assert rows[0] == 'kind,iter,tokens,time_s,lr,train_loss,val_loss,val_bpb,step_ms'
+    assert all(float(row.split(',')[-1]) > 0 for row in rows if row.startswith('train,'))  # ms a step
     assert sum(row.startswith('eval,') for row in rows) == 3 and sum(row.startswith('train,') for row in rows) == 4
     ckpt = torch.load(proj / 'out' / 'ckpt.pt', weights_only=True)
     assert ckpt['iter_num'] == 20 and ckpt['model_args']['n_layer'] == 2 and ckpt['config']['dropout'] == 0.1
@@ -129,18 +130,18 @@ def test_mixed_precision_paths_run_on_cpu(proj, dtype):
     (None, 'float32'),  # no /proc/cpuinfo (not Linux)
 ])
 def test_auto_dtype_on_a_cpu_follows_its_flags(tmp_path, flags, expected):
-    import gpt
+    import machine
     cpuinfo = tmp_path / 'cpuinfo'
     if flags is not None:
         cpuinfo.write_text(f'processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n')
-    chosen, why = gpt.pick_dtype('cpu', str(cpuinfo))
+    chosen, why = machine.autocast_dtype('cpu', machine.cpu_flags(str(cpuinfo)))
     assert chosen == expected and why
 
 
 def test_auto_dtype_line_says_what_this_cpu_got(proj):
-    import gpt
+    import machine
     r = run(proj, 'gpt.py', *TINY, '--max_iters=0', '--max_new_tokens=0', '--device=cpu')
-    chosen, why = gpt.pick_dtype('cpu')
+    chosen, why = machine.autocast_dtype('cpu')
     assert f'device: cpu, dtype: {chosen} ({why})' in r.stdout
 
 

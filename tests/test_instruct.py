@@ -147,7 +147,7 @@ def test_eval_rows_convert_the_response_tokens_to_bits_per_byte(proj, tmp_path):
     r = run(proj, 'gpt.py', *TINY, '--dataset=acc', '--max_iters=10', '--max_new_tokens=5')
     assert r.returncode == 0, r.stderr
     rows = [row.split(',') for row in (proj / 'out' / 'log.csv').read_text().splitlines()[1:]]
-    ratio = {kind: float(bpb) / float(loss) for kind, *_, loss, bpb in rows if kind in ('eval', 'final')}
+    ratio = {kind: float(bpb) / float(loss) for kind, *_, loss, bpb, step_ms in rows if kind in ('eval', 'final')}
     assert ratio['eval'] == pytest.approx(ratio['final'], rel=1e-4)
 
 

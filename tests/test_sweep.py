@@ -22,7 +22,7 @@ def test_a_bad_grid_is_refused_before_anything_runs(proj, monkeypatch, capsys, a
     monkeypatch.setattr(sweep, 'ROOT', str(proj))
     with pytest.raises(SystemExit) as e:
         sweep.main([*args, '--out_dir=sw'])
-    assert str(e.value).startswith('sweep: ') and message in str(e.value) and '\n' not in str(e.value)
+    assert str(e.value).startswith('error: ') and message in str(e.value) and '\n' not in str(e.value)
     assert not (proj / 'sw').exists() and 'running' not in capsys.readouterr().out
 
 
