@@ -57,8 +57,8 @@ def timed(fn, dev):
 
 
 def bench_training(gpt_args, tmp):
-    """Run the real gpt.py for `budget` seconds; its speed, MFU, loss and memory (read from its log.csv), and
-    its checkpoint."""
+    """Run the real gpt.py for `budget` seconds; its speed, MFU, loss and memory (read
+    from its log.csv), and its checkpoint."""
     cmd = [sys.executable, os.path.join(gpt.ROOT, 'gpt.py'), *gpt_args, f'--max_time={budget}',
            '--max_iters=1000000000', f'--out_dir={tmp}', '--max_new_tokens=0']
     print('running:', ' '.join(cmd[1:]), flush=True)
@@ -74,8 +74,10 @@ def bench_training(gpt_args, tmp):
     step_s = statistics.median([float(row['step_ms']) for row in train_rows] or [math.nan]) / 1000
     ckpt = load_checkpoint(os.path.join(tmp, 'ckpt.pt'), 'gpt')
     args, tok_s = ckpt['model_args'], tokens_per_iter / step_s
+    # a tied head is the token embedding: counted once
     n_params = sum(v.numel() for k, v in ckpt['model'].items() if k != 'lm_head.weight' or not args['tie_weights'])
-    flops = tok_s * machine.flops_per_token(n_params, args['n_layer'], args['n_embd'], args['block_size'])
+    per_token = machine.flops_per_token(n_params, args['n_layer'], args['n_embd'], args['block_size'])
+    flops = tok_s * per_token
     peak = peak_flops or machine.peak_flops('cuda' if torch.cuda.is_available() else 'cpu')
     mfu = 'n/a (give --peak_flops=)'
     if peak:
@@ -103,10 +105,11 @@ def bench_sampling(model, dev):
     for _ in range(gen_repeats):
         for kind, cache in settings:  # interleaved, so that all see the same machine state
             gen = torch.Generator(dev).manual_seed(0)
-            times[kind, cache].append(timed(lambda: models[kind].generate(prompt, gen_tokens, 1.0, kv_cache=cache,
-                                                                          generator=gen), dev))
+            run = lambda: models[kind].generate(prompt, gen_tokens, 1.0, kv_cache=cache, generator=gen)
+            times[kind, cache].append(timed(run, dev))
     rate = {s: gen_tokens / statistics.median(t) for s, t in times.items()}
-    # a cached step reads every weight matrix once: the blocks' Linear weights (as stored) and the head
+    # a cached step reads every weight matrix once: the blocks' Linear
+    # weights (as stored) and the head
     read = {k: quant.weight_bytes(m) + m.lm_head.weight.numel() * 4 for k, m in models.items()}
     big = torch.empty(2**26, device=dev)  # 256 MB: a copy reads and writes it once
     copy_s = min(timed(lambda: big.clone(), dev) for _ in range(5))
@@ -119,23 +122,29 @@ def bench_sampling(model, dev):
     for kind in ('fp32', 'int8', 'nf4'):
         rows.append((f'weights read per cached token, {kind}', f"{read[kind] / 2**20:.2f} MiB: "
                      f"{read[kind] * rate[kind, True] / 1e9:.1f} GB/s"))
-    # int8 is weight-only on either road: its greedy tokens should be those of its weights dequantized to fp32
+    # int8 is weight-only on either road: its greedy tokens should be those of
+    # its weights dequantized to fp32
     dequantized = copy.deepcopy(model)
     for q, d in zip(models['int8'].modules(), dequantized.modules()):
         if isinstance(q, quant.Int8Linear):
             d.weight.data = q.dequantize()
     greedy = [m.generate(prompt, gen_tokens, temperature=0) for m in (models['int8'], dequantized)]
-    rows.append(('int8 road on this CPU', 'the int8 kernel (its int8 sums are exact on this CPU)' if quant.int8_kernel_is_exact()
-                 else "fp32 (this CPU's int8 kernel is not exact: no VNNI)"))
-    rows.append((f'int8: the same {gen_tokens} greedy tokens as its weights dequantized to fp32',
-                 'yes' if torch.equal(*greedy) else f"no: from token {(greedy[0] != greedy[1]).nonzero()[0, 1]}"))
+    road = "fp32 (this CPU's int8 kernel is not exact: no VNNI)"
+    if quant.int8_kernel_is_exact():
+        road = 'the int8 kernel (its int8 sums are exact on this CPU)'
+    rows.append(('int8 road on this CPU', road))
+    same = 'yes'
+    if not torch.equal(*greedy):
+        same = f"no: from token {(greedy[0] != greedy[1]).nonzero()[0, 1]}"
+    rows.append((f'int8: the same {gen_tokens} greedy tokens as its weights dequantized to fp32', same))
     rows.append(("this machine's copy bandwidth (256 MB clone, read + write)",
                  f"{2 * big.numel() * 4 / copy_s / 1e9:.1f} GB/s"))
     return rows
 
 
 class Stopwatch:
-    """Exclusive time by part: entering a part pauses the one it runs inside, so nothing counts twice."""
+    """Exclusive time by part: entering a part pauses the one it runs
+    inside, so nothing counts twice."""
 
     def __init__(self):
         self.times, self.stack, self.t = defaultdict(float), [], time.perf_counter()
@@ -165,7 +174,8 @@ class Stopwatch:
 
 
 def step_parts(watch, model):
-    """Timers on the model's parts (forward hooks on its modules; RoPE, the loss and Newton-Schulz wrapped)."""
+    """Timers on the model's parts (forward hooks on its modules; RoPE, the
+    loss and Newton-Schulz wrapped)."""
     kinds = {gpt.MultiHeadAttention: 'forward: attention (with QK-norm)', gpt.FeedForward: 'forward: feed-forward',
              torch.nn.LayerNorm: 'forward: norms', torch.nn.RMSNorm: 'forward: norms',
              torch.nn.Embedding: 'forward: embeddings'}
@@ -245,9 +255,8 @@ def main(gpt_args):
             rows, ckpt = bench_training(gpt_args, tmp)
             model_args = ckpt['model_args']
         else:
-            model_args = {k: getattr(gpt, k) for k in ('block_size', 'n_layer', 'n_head', 'n_embd', 'rope', 'rmsnorm',
-                                                       'qk_norm', 'relu2', 'tie_weights', 'bias', 'relu')}
-            model_args['vocab_size'] = 65
+            # random weights of the configured model, at its dataset's vocabulary size
+            model_args = gpt.knob_model_args(gpt.load_data(gpt.dataset).tok.vocab_size)
     model = gpt.GPT(**model_args).to(dev).eval()
     if train:
         model.load_state_dict(ckpt['model'])

@@ -1,6 +1,7 @@
 """
-A bigram language model: each token predicts the next from a table of logits. The baseline for gpt.py,
-which has the same sections, helper names and steps (main()), grown for a GPT run (README: the lecture's path).
+A bigram language model: each token predicts the next from a table of logits. The
+baseline for gpt.py, which has the same sections, helper names and steps (main()), grown
+for a GPT run (README: the lecture's path).
 
     python prepare.py          # once: writes data/shakespeare_char/
     python bigram.py           # trains 3000 steps in a few seconds, prints losses and a sample
@@ -56,7 +57,8 @@ class Split:
 
 
 def load_data(dataset):
-    """The train and val splits, the tokenizer, and meta.json (prepare.py wrote them, and reads them back)."""
+    """The train and val splits, the tokenizer, and meta.json (prepare.py
+    wrote them, and reads them back)."""
     meta, tok, ids, masks = load_prepared(ROOT, dataset)
     if masks:
         die(f"dataset '{dataset}' holds instruction pairs: a bigram has no prompt to follow; train gpt.py on it")
@@ -75,7 +77,8 @@ class BigramLanguageModel(nn.Module):
 
     def __init__(self, vocab_size):
         super().__init__()
-        self.token_embedding_table = nn.Embedding(vocab_size, vocab_size)  # row i: logits of the token after i
+        # row i: logits of the token after i
+        self.token_embedding_table = nn.Embedding(vocab_size, vocab_size)
 
     def forward(self, idx, targets=None):
         logits = self.token_embedding_table(idx)  # (B, T, vocab_size)
@@ -85,10 +88,15 @@ class BigramLanguageModel(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, generator=None):
         for _ in range(max_new_tokens):
-            logits = self(idx[:, -1:])[0][:, -1, :]  # (B, vocab_size): a bigram needs only the last token
-            logits = logits - logits.amax(dim=-1, keepdim=True)  # <= 0: a tiny temperature can't overflow
-            nxt = logits.argmax(-1, keepdim=True) if temperature == 0 else \
-                torch.multinomial(F.softmax(logits / temperature, dim=-1), 1, generator=generator)  # 0 is greedy
+            # (B, vocab_size): a bigram needs only the last token
+            logits = self(idx[:, -1:])[0][:, -1, :]
+            # <= 0: a tiny temperature can't overflow
+            logits = logits - logits.amax(dim=-1, keepdim=True)
+            if temperature == 0:  # greedy
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                probs = F.softmax(logits / temperature, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)
             idx = torch.cat((idx, nxt), dim=1)
         return idx
 
@@ -132,13 +140,15 @@ def check_config(data):
     for ok, msg in problems:
         if not ok:
             die(msg)
-    problem = prompt_problem(data.tok, prompt, math.inf)  # a bigram reads only the prompt's last token
+    # a bigram reads only the prompt's last token
+    problem = prompt_problem(data.tok, prompt, math.inf)
     if problem:
         die(problem)
 
 
 def build_model(dev, data):
-    """The model: fresh ('scratch') or the run in out_dir ('resume'), with the state the later steps share."""
+    """The model: fresh ('scratch') or the run in out_dir ('resume'), with
+    the state the later steps share."""
     state = SimpleNamespace(iter_num=0, best_val_loss=math.inf, ckpt=None, saved=None,
                             tokenizer=data.tok.describe(),
                             ckpt_path=os.path.join(ROOT, out_dir, 'ckpt.pt'), config=knobs(globals()),
@@ -183,7 +193,8 @@ def train(dev, model, optimizer, data, state):
     start_iter, t0 = state.iter_num, time.time()
     while True:
         last_step = state.iter_num >= max_iters
-        resumed_here = init_from == 'resume' and state.iter_num == start_iter  # that step was evaluated already
+        # that step was evaluated already
+        resumed_here = init_from == 'resume' and state.iter_num == start_iter
         if (state.iter_num % eval_interval == 0 or last_step) and not resumed_here:
             splits = {'train': data.train, 'val': data.val}
             losses = estimate_loss(model, splits, batch_size, block_size, eval_iters, dev)
@@ -196,21 +207,26 @@ def train(dev, model, optimizer, data, state):
         ix = data.train.random_starts((batch_size,), block_size, state.data_rng)
         _, loss = model(*get_batch(data.train, ix, block_size, dev))
         if not math.isfinite(loss.item()):
-            kept = f"{state.ckpt_path} keeps step {state.saved}" if state.saved is not None else "none was saved"
-            die(f"the loss is not finite at step {state.iter_num}; stopped, and {kept}. Try a lower learning_rate")
+            last_save = "none was saved"
+            if state.saved is not None:
+                last_save = f"{state.ckpt_path} keeps step {state.saved}"
+            die(f"the loss is not finite at step {state.iter_num}; stopped, and {last_save}. "
+                f"Try a lower learning_rate")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         state.iter_num += 1
     if state.iter_num > start_iter:
-        print(f"trained {state.iter_num - start_iter} steps in {time.time() - t0:.1f}s; saved {state.ckpt_path}")
+        steps = state.iter_num - start_iter
+        print(f"trained {steps} steps in {time.time() - t0:.1f}s; saved {state.ckpt_path}")
     return state.iter_num > start_iter
 
 
 @torch.no_grad()
 def full_val_loss(model, split, block_size, device, batch_size=64, token_bytes=None):
-    """Loss over the whole split, and bits per byte if token_bytes (each id's UTF-8 length) is given: every
-    token but the first is predicted once. A bigram looks one token back, so any window does."""
+    """Loss over the whole split, and bits per byte if token_bytes (each id's UTF-8
+    length) is given: every token but the first is predicted once. A bigram looks
+    one token back, so any window does."""
     ids, nats = torch.from_numpy(split.ids.astype(np.int64)), 0.0
     for b in range(0, len(ids) - 1, block_size * batch_size):
         chunk = ids[b:b + block_size * batch_size + 1].to(device)
@@ -243,5 +259,6 @@ if __name__ == '__main__':
     configure(globals(), sys.argv[1:])
     try:
         main()
-    except KeyboardInterrupt:  # Ctrl-C: training saved at its last eval (resume with --init_from=resume)
+    # Ctrl-C: training saved at its last eval (resume with --init_from=resume)
+    except KeyboardInterrupt:
         sys.exit(130)

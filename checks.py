@@ -1,8 +1,8 @@
 """
-The settings of gpt.py that cannot work, each with the one line that says so: gpt.py's main() refuses
-them before anything is built or written. Kept apart so that gpt.py reads as the model and its run.
-And die(), the one way every script here refuses: one line on stderr, exit 1, no traceback.
-It never imports gpt.
+The settings of gpt.py that cannot work, each with the one line that says so: gpt.py's main()
+refuses them before anything is built or written. Kept apart so that gpt.py reads as the
+model and its run. And die(), the one way every script here refuses: one line on stderr, exit
+1, no traceback. It never imports gpt.
 """
 import os
 import sys
@@ -14,61 +14,72 @@ def die(msg):
 
 
 def problems(k, root, configured=()):
-    """The messages for the knobs k (a namespace of gpt.py's knobs; root: gpt.py's folder; configured: the names
-    that a config file or the command line set) that cannot work."""
-    choices = {'dtype': ('auto', 'float32', 'bfloat16', 'float16'), 'optimizer': ('adamw', 'muon'),
-               'schedule': ('cosine', 'wsd'), 'weight_init': ('nanogpt', 'pytorch'), 'quantize': ('', 'int8', 'nf4')}
-    from_path = k.init_from not in ('scratch', 'resume') and os.path.exists(os.path.join(root, k.init_from))
+    """The messages for the knobs k (a namespace of gpt.py's knobs; root: gpt.py's folder;
+    configured: the names that a config file or the command line set) that cannot work."""
+    choices = {'dtype': ('auto', 'float32', 'bfloat16', 'float16'),
+               'optimizer': ('adamw', 'muon'),
+               'schedule': ('cosine', 'wsd'),
+               'weight_init': ('nanogpt', 'pytorch'),
+               'quantize': ('', 'int8', 'nf4')}
+    named = k.init_from in ('scratch', 'resume')
+    from_path = not named and os.path.exists(os.path.join(root, k.init_from))
     writes = writes_out_dir(k) and from_path
+    sizes = (k.n_layer, k.n_head, k.n_embd, k.block_size, k.batch_size, k.gradient_accumulation_steps,
+             k.eval_interval, k.eval_iters, k.log_interval, k.num_samples)
+    amounts = (k.max_iters, k.max_time, k.max_new_tokens, k.warmup_iters, k.lr_decay_iters, k.grad_clip,
+               k.weight_decay)
     checks = [
-        (k.init_from in ('scratch', 'resume') or k.init_from.startswith('gpt2')
-         or os.path.exists(os.path.join(root, k.init_from)),
-         f"init_from must be 'scratch', 'resume', a checkpoint's path, gpt2 (-medium, -large, -xl) or a Hugging Face "
-         f"folder; there is no '{k.init_from}'"),
-        (min(k.n_layer, k.n_head, k.n_embd, k.block_size, k.batch_size, k.gradient_accumulation_steps,
-             k.eval_interval, k.eval_iters, k.log_interval, k.num_samples) > 0,
-         "n_layer, n_head, n_embd, block_size, batch_size, gradient_accumulation_steps, eval_interval, "
-         "eval_iters, log_interval and num_samples must be positive"),
-        (k.n_embd % max(k.n_head, 1) == 0, f"n_embd ({k.n_embd}) must be a multiple of n_head ({k.n_head})"),
-        (min(k.max_iters, k.max_time, k.max_new_tokens, k.warmup_iters, k.lr_decay_iters, k.grad_clip,
-             k.weight_decay) >= 0,
-         "max_iters, max_time, max_new_tokens, warmup_iters, lr_decay_iters, grad_clip and weight_decay "
-         "must not be negative"),
+        (named or k.init_from.startswith('gpt2') or os.path.exists(os.path.join(root, k.init_from)),
+         f"init_from must be 'scratch', 'resume', a checkpoint's path, gpt2 (-medium, -large, -xl) "
+         f"or a Hugging Face folder; there is no '{k.init_from}'"),
+        (min(sizes) > 0,
+         "n_layer, n_head, n_embd, block_size, batch_size, gradient_accumulation_steps, "
+         "eval_interval, eval_iters, log_interval and num_samples must be positive"),
+        (k.n_embd % max(k.n_head, 1) == 0,
+         f"n_embd ({k.n_embd}) must be a multiple of n_head ({k.n_head})"),
+        (min(amounts) >= 0,
+         "max_iters, max_time, max_new_tokens, warmup_iters, lr_decay_iters, grad_clip and "
+         "weight_decay must not be negative"),
         (0 <= k.dropout < 1, f"dropout must be in [0, 1), not {k.dropout}"),
         (0 < k.learning_rate and (not k.decay_lr or 0 <= k.min_lr <= k.learning_rate),
-         "need 0 < learning_rate and 0 <= min_lr <= learning_rate (or --decay_lr=false: a constant rate)"),
+         "need 0 < learning_rate and 0 <= min_lr <= learning_rate "
+         "(or --decay_lr=false: a constant rate)"),
         (k.decay_lr or 'min_lr' not in configured,
          "min_lr is where the decay ends, and decay_lr=False has no decay: leave one of them out"),
         (not (k.weight_init == 'pytorch' and k.tie_weights and k.init_from == 'scratch'),
-         "weight_init='pytorch' with a tied head starts at a loss near 31 (the embedding's N(0, 1) init feeds the "
-         "head): add --tie_weights=false, as the lecture's parts do"),
+         "weight_init='pytorch' with a tied head starts at a loss near 31 (the embedding's N(0, 1) "
+         "init feeds the head): add --tie_weights=false, as the lecture's parts do"),
         (k.temperature >= 0, f"temperature must be >= 0 (0 is greedy), not {k.temperature}"),
         (k.top_k >= 0, f"top_k must be >= 0 (0 keeps all tokens), not {k.top_k}"),
         (0 < k.top_p <= 1, f"top_p must be in (0, 1], not {k.top_p}"),
         (k.prompt != '', "prompt must not be empty (the default is a newline)"),
-        *((getattr(k, name) in v, f"{name} must be one of {', '.join(map(repr, v))}, not {getattr(k, name)!r}")
-          for name, v in choices.items()),
         (str(k.compile).lower() in ('auto', 'true', 'false'),
          f"compile must be auto, true or false, not '{k.compile}'"),
         (not (k.rope and k.pos) or k.n_embd // max(k.n_head, 1) % 2 == 0,
          "rope needs an even head size, n_embd // n_head"),
-        (not (k.relu and k.relu2), "relu and relu2 are two choices of one activation: set one of them"),
+        (not (k.relu and k.relu2),
+         "relu and relu2 are two choices of one activation: set one of them"),
         (k.lora_rank >= 0, f"lora_rank must be >= 0 (0 is off), not {k.lora_rank}"),
         (k.lora_alpha > 0, f"lora_alpha must be > 0, not {k.lora_alpha}"),
         (not k.lora_rank or k.init_from != 'scratch',
          "lora_rank > 0 adapts a trained model: --init_from=its checkpoint"),
         (not k.eval_only or k.init_from != 'scratch',
          "eval_only needs a model: --init_from=resume or a checkpoint's path"),
-        (not (k.interactive and k.eval_only), "interactive answers prompts, and eval_only samples nothing: choose one"),
-        (not k.export or (k.init_from not in ('scratch', 'resume') and k.max_iters == 0 and not k.eval_only),
+        (not (k.interactive and k.eval_only),
+         "interactive answers prompts, and eval_only samples nothing: choose one"),
+        (not k.export or (not named and k.max_iters == 0 and not k.eval_only),
          "export writes a checkpoint's model out: --init_from=PATH --max_iters=0 --out_dir=NEW"),
         (not k.export or not os.path.exists(os.path.join(root, k.out_dir, 'ckpt.pt')),
          f"{os.path.join(k.out_dir, 'ckpt.pt')} exists, and export never writes over a checkpoint: "
          f"give a new --out_dir"),
         (not writes or not inside(os.path.join(root, k.init_from), os.path.join(root, k.out_dir)),
-         f"--init_from={k.init_from} lies in this run's --out_dir={k.out_dir}, which the run writes: give another "
-         f"--out_dir, so that the model it starts from stays as it is"),
+         f"--init_from={k.init_from} lies in this run's --out_dir={k.out_dir}, which the run writes: "
+         f"give another --out_dir, so that the model it starts from stays as it is"),
     ]
+    for name, allowed in choices.items():
+        value = getattr(k, name)
+        listed = ', '.join(map(repr, allowed))
+        checks.append((value in allowed, f"{name} must be one of {listed}, not {value!r}"))
     return [message for ok, message in checks if not ok]
 
 
@@ -87,11 +98,15 @@ def prompt_problem(tok, text, block_size):
     """Why a model of block_size can't take text as its prompt, or ''."""
     missing = tok.unknown(text)
     if missing:
-        not_utf8 = any('\ud800' <= c <= '\udfff' for c in missing)  # how Python keeps bytes that were not UTF-8
-        return f"the prompt has characters that are not in the vocabulary: {missing}" + (
-            " ('\\udcXX' is a byte that is not UTF-8: check the terminal's encoding)" if not_utf8 else '')
+        problem = f"the prompt has characters that are not in the vocabulary: {missing}"
+        # how Python keeps bytes that were not UTF-8
+        if any('\ud800' <= c <= '\udfff' for c in missing):
+            problem += " ('\\udcXX' is a byte that is not UTF-8: check the terminal's encoding)"
+        return problem
     n = len(tok.encode(text))
-    return f"the prompt is {n} tokens, longer than the model's context ({block_size})" if n > block_size else ''
+    if n > block_size:
+        return f"the prompt is {n} tokens, longer than the model's context ({block_size})"
+    return ''
 
 
 def stop_problem(tok, stop):
@@ -99,5 +114,8 @@ def stop_problem(tok, stop):
     missing = tok.unknown(stop)
     if not missing:
         return ''
-    hint = " (a backslash and an n are two characters: for a newline, in bash, --stop=$'\\n')" if '\\' in stop else ''
-    return f"--stop={stop!r} has characters that are not in the vocabulary, so no sample could end there: {missing}{hint}"
+    problem = (f"--stop={stop!r} has characters that are not in the vocabulary, "
+               f"so no sample could end there: {missing}")
+    if '\\' in stop:
+        problem += " (a backslash and an n are two characters: for a newline, in bash, --stop=$'\\n')"
+    return problem

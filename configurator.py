@@ -23,7 +23,8 @@ TRUE, FALSE = ('true', '1', 'yes', 'on'), ('false', '0', 'no', 'off')
 
 
 def knobs(scope):
-    """The lower-case plain globals: CONSTANTS, _private names, modules and functions are not knobs."""
+    """The lower-case plain globals: CONSTANTS, _private names, modules
+    and functions are not knobs."""
     return {k: v for k, v in scope.items()
             if k.islower() and not k.startswith('_') and (v is None or type(v) in (int, float, bool, str))}
 
@@ -60,12 +61,14 @@ def apply(scope, known, key, value, source):
     if key not in known:
         unknown(key, known)
     scope[key] = coerce(key, value, known[key])
-    scope['CONFIGURED'] = {**scope.get('CONFIGURED', {}), key: source}  # what was set, apart from the defaults
+    # what was set, apart from the defaults
+    scope['CONFIGURED'] = {**scope.get('CONFIGURED', {}), key: source}
     print(f"config: {key} = {scope[key]!r}  ({source})")
 
 
 def print_help(scope, known):
-    """Each knob with its default and the comment beside it in the script (what it does, and its values)."""
+    """Each knob with its default and the comment beside it in the script
+    (what it does, and its values)."""
     try:
         with open(scope['__file__'], encoding='utf-8') as f:
             comments = dict(re.findall(r'^(\w+) = .*?  # (.*)$', f.read(), flags=re.M))
@@ -77,8 +80,8 @@ def print_help(scope, known):
 
 
 def configure(scope, argv):
-    """Override the knobs in `scope` (a script's globals()) from config files and --key=value; the names set,
-    with where from, go in scope['CONFIGURED']."""
+    """Override the knobs in `scope` (a script's globals()) from config files and --key=value; the
+    names set, with where from, go in scope['CONFIGURED']."""
     known = knobs(scope)
     for arg in argv:
         if arg in ('-h', '--help'):

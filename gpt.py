@@ -586,14 +586,19 @@ class State:
     last_save: str = 'no checkpoint was written'  # what a fault leaves in place, said when it stops
 
 
+def knob_model_args(vocab_size):
+    """The GPT's arguments, as the knobs set them."""
+    return dict(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
+                n_embd=n_embd, dropout=dropout, rope=rope, rmsnorm=rmsnorm, qk_norm=qk_norm, relu2=relu2,
+                tie_weights=tie_weights, bias=bias, relu=relu, ffn=ffn, residual=residual, norm=norm,
+                pos=pos, weight_init=weight_init, causal=causal, gelu_tanh=gelu_tanh)
+
+
 def build_model(run, data):
     """The model: fresh ('scratch'), the run in out_dir ('resume'), or another checkpoint's
     weights to fine-tune (init_from=PATH, from step 0; with LoRA if lora_rank > 0); and the State
     the later steps share."""
-    model_args = dict(vocab_size=data.tok.vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
-                      n_embd=n_embd, dropout=dropout, rope=rope, rmsnorm=rmsnorm, qk_norm=qk_norm, relu2=relu2,
-                      tie_weights=tie_weights, bias=bias, relu=relu, ffn=ffn, residual=residual, norm=norm,
-                      pos=pos, weight_init=weight_init, causal=causal, gelu_tanh=gelu_tanh)
+    model_args = knob_model_args(data.tok.vocab_size)
     template = {k: data.meta[k] for k in ('sep', 'end') if k in data.meta}
     state = State(model_args, knobs(globals()), data.tok.describe(), template,
                   ckpt_path=os.path.join(ROOT, out_dir, 'ckpt.pt'),

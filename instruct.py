@@ -1,19 +1,20 @@
 """
-Instruction pairs for gpt.py: a dataset that prepare.py --format=pairs (or --format=tasks) made, where
-each pair is rendered as prompt + sep + response + end, and a loss mask is 1 on the response and its end.
+Instruction pairs for gpt.py: a dataset that prepare.py --format=pairs (or
+--format=tasks) made, where each pair is rendered as prompt + sep + response + end, and a
+loss mask is 1 on the response and its end.
 
-PairSplit stands in for gpt.py's Split: the same ids, plus the mask, and windows that start at a pair.
-get_batch and full_val_loss in gpt.py turn masked targets into -1, which the loss ignores: only the
-responses are learned and scored. exact_match is the measure that says whether the model does what a
-prompt asks. gpt.py imports this only when a dataset has pairs. It never imports gpt.
+PairSplit stands in for gpt.py's Split: the same ids, plus the mask, and windows that start at a
+pair. get_batch and full_val_loss in gpt.py turn masked targets into -1, which the loss ignores:
+only the responses are learned and scored. exact_match is the measure that says whether the model
+does what a prompt asks. gpt.py imports this only when a dataset has pairs. It never imports gpt.
 """
 import numpy as np
 import torch
 
 
 class PairSplit:
-    """One split's token ids and loss mask (both memory-mapped): mask[j] is 1 where token j is part of a
-    response (or its end marker), so only those tokens are ever predicted and scored."""
+    """One split's token ids and loss mask (both memory-mapped): mask[j] is 1 where token j is part
+    of a response (or its end marker), so only those tokens are ever predicted and scored."""
 
     def __init__(self, ids, mask):
         self.ids, self.mask = ids, mask
@@ -22,15 +23,17 @@ class PairSplit:
         self.ends = np.append(self.starts[1:], len(ids)) - 1  # each pair's last token
 
     def eval_windows(self, block_size):
-        """The whole-split loss's windows: each pair cut into consecutive windows from its start, so that every
-        response token is scored once, seeing as much of its own pair as the window holds before it."""
+        """The whole-split loss's windows: each pair cut into consecutive windows from
+        its start, so that every response token is scored once, seeing as much of its
+        own pair as the window holds before it."""
         starts = [np.arange(s, e, block_size) for s, e in zip(self.starts, self.ends)]
         last = [np.minimum(w + block_size, e) for w, e in zip(starts, self.ends)]
         return np.concatenate(starts), np.concatenate(last)
 
     def random_starts(self, shape, block_size, generator):
-        """Where training and eval windows start: at a pair's start, so that a window begins with the prompt;
-        a pair longer than a window starts later, so that the window still ends with the whole response."""
+        """Where training and eval windows start: at a pair's start, so that a window
+        begins with the prompt; a pair longer than a window starts later, so that the
+        window still ends with the whole response."""
         starts = np.maximum(self.starts, self.ends - block_size)
         starts = torch.from_numpy(starts[starts + block_size < len(self.ids)])
         return starts[torch.randint(len(starts), shape, generator=generator)]
@@ -38,7 +41,8 @@ class PairSplit:
 
 @torch.no_grad()
 def exact_match(model, split, tok, end, tasks, device, ctx, kv_cache=True):
-    """Answer every held-out pair greedily and compare with its response, exactly: the share right per task."""
+    """Answer every held-out pair greedily and compare with its response,
+    exactly: the share right per task."""
     ids, mask, bounds = np.asarray(split.ids), np.asarray(split.mask), [*split.starts, len(split.ids)]
     pairs = []  # (prompt ids, the response's length in tokens, the response's text)
     for s, e in zip(bounds, bounds[1:]):

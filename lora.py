@@ -1,10 +1,10 @@
 """
 LoRA for gpt.py's --lora_rank: a frozen Linear plus a trainable low-rank update, in minLoRA's shape.
 
-add_lora wraps the Linears in the blocks from outside (the model's code does not change), merge_lora
-folds the updates back into plain Linears. A LoRA checkpoint holds only the adapters, with the path and
-sha256 of the base checkpoint they were trained on. gpt.py imports this only when a run has LoRA.
-It never imports gpt.
+add_lora wraps the Linears in the blocks from outside (the model's code does not change),
+merge_lora folds the updates back into plain Linears. A LoRA checkpoint holds only the adapters,
+with the path and sha256 of the base checkpoint they were trained on. gpt.py imports this only
+when a run has LoRA. It never imports gpt.
 """
 import hashlib
 import math
@@ -19,7 +19,7 @@ from quant import QuantizedLinear, quantize_model, swap_linears
 
 class LoRALinear(nn.Module):
     """A frozen layer plus a trainable low-rank update: y = base(x) + (alpha / rank) * x A^T B^T.
-    A (rank, in) starts random and B (out, rank) at zero, so at step 0 the model is exactly the base."""
+    A (rank, in) starts random and B (out, rank) at zero: at step 0 the model is exactly the base."""
 
     def __init__(self, base, rank, alpha):
         super().__init__()
@@ -32,7 +32,8 @@ class LoRALinear(nn.Module):
         return self.base(x) + (x @ self.lora_A.T @ self.lora_B.T) * self.scale
 
     def merged(self):
-        """An ordinary Linear with the update folded into its weight: sampling pays nothing extra."""
+        """An ordinary Linear with the update folded into its weight:
+        sampling pays nothing extra."""
         w = self.base.weight if isinstance(self.base, nn.Linear) else self.base.dequantize()
         linear = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None,
                            device=w.device)
@@ -49,7 +50,8 @@ def add_lora(model, rank, alpha):
 
 
 def merge_lora(model):
-    """Fold every LoRA update into its weight (on a quantized base too: the merged weight is fp32)."""
+    """Fold every LoRA update into its weight (on a quantized base too:
+    the merged weight is fp32)."""
     swap_linears(model, lambda layer: layer.merged() if isinstance(layer, LoRALinear) else layer)
 
 
@@ -60,10 +62,11 @@ def sha256(path):
 
 
 def keep_base(path, out_dir, write=True):
-    """A new LoRA run's base, kept safe: a hard link in <out_dir>/base/ to the file the run starts from (a copy
-    where a link can't be made), and with GPT-2 the other files of its folder. Checkpoints are replaced by
-    renames, so a later run that rewrites the original leaves the linked file whole. Returns the base's record,
-    {'path', 'sha256', 'from'}; write=False (torchrun's other processes) only names it."""
+    """A new LoRA run's base, kept safe: a hard link in <out_dir>/base/ to the file the run starts
+    from (a copy where a link can't be made), and with GPT-2 the other files of its folder.
+    Checkpoints are replaced by renames, so a later run that rewrites the original leaves the
+    linked file whole. Returns the base's record, {'path', 'sha256', 'from'}; write=False
+    (torchrun's other processes) only names it."""
     folder = os.path.join(out_dir, 'base')
     names = [os.path.basename(path)]
     if path.endswith('.safetensors'):  # GPT-2: its config and tokenizer come from the same folder
@@ -79,13 +82,14 @@ def keep_base(path, out_dir, write=True):
             shutil.copyfile(source, target + '.tmp')
         os.replace(target + '.tmp', target)
     kept = os.path.join(folder, os.path.basename(path))
-    # torchrun's other processes may get here before process 0 has made the link: they hash the source,
-    # the same bytes
+    # torchrun's other processes may get here before process 0 has made the link:
+    # they hash the source, the same bytes
     return {'path': kept, 'sha256': sha256(kept if write else path), 'from': os.path.abspath(path)}
 
 
 def base_problem(base):
-    """Why a LoRA checkpoint's base ({'path', 'sha256'}) can't be used, or '' when it is the very file."""
+    """Why a LoRA checkpoint's base ({'path', 'sha256'}) can't be used, or
+    '' when it is the very file."""
     if not os.path.isfile(base['path']):
         return f"is missing; put it back (it was {base['from']})" if 'from' in base else "is missing; put it back"
     if sha256(base['path']) != base['sha256']:
@@ -94,8 +98,8 @@ def base_problem(base):
 
 
 def adapt(model, settings, adapters=None):
-    """The model as a LoRA run trains it: frozen (its base in 4 or 8 bits for QLoRA), each Linear in the
-    blocks wrapped with an update, and the saved adapters loaded if there are any."""
+    """The model as a LoRA run trains it: frozen (its base in 4 or 8 bits for QLoRA), each Linear in
+    the blocks wrapped with an update, and the saved adapters loaded if there are any."""
     if settings['quantize']:
         quantize_model(model, settings['quantize'])
     add_lora(model, settings['rank'], settings['alpha'])
@@ -105,7 +109,8 @@ def adapt(model, settings, adapters=None):
 
 
 def summary(model, settings):
-    """The line that says how much of the model a LoRA run trains (a 4- or 8-bit base's weights count too)."""
+    """The line that says how much of the model a LoRA run trains (a 4- or
+    8-bit base's weights count too)."""
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters()) + sum(m.in_features * m.out_features for m in model.modules()
                                                              if isinstance(m, QuantizedLinear))
@@ -115,8 +120,8 @@ def summary(model, settings):
 
 
 def merged_weights(model, base, ckpt):
-    """A LoRA checkpoint's model as plain weights: its adapters merged into its base's weights (model is a
-    fresh model of their shape)."""
+    """A LoRA checkpoint's model as plain weights: its adapters merged into its base's weights
+    (model is a fresh model of their shape)."""
     model.load_state_dict(base)
     merge_lora(adapt(model, ckpt['lora'], ckpt['model']))
     return model.state_dict()

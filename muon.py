@@ -8,16 +8,19 @@ import torch
 
 from machine import bf16_matmul_is_native
 
-# Newton-Schulz's precision by device type (others: fp32). On a CPU with bf16 in hardware it ran 1.6x faster
-# in bf16 (2-core AVX512-BF16 EPYC), the update within 3% of the fp32 one; elsewhere bf16 is emulated, slower.
+# Newton-Schulz's precision by device type (others: fp32). On a CPU with bf16 in hardware it
+# ran 1.6x faster in bf16 (2-core AVX512-BF16 EPYC), the update within 3% of the fp32 one;
+# elsewhere bf16 is emulated, slower.
 NS_DTYPE = {'cpu': torch.float32}
 if bf16_matmul_is_native():
     NS_DTYPE['cpu'] = torch.bfloat16
 
 
 def newton_schulz(G, steps=5):
-    """The nearest semi-orthogonal matrix to G, approximately: all singular values pushed towards 1."""
-    a, b, c = 3.4445, -4.7750, 2.0315  # a quintic iteration tuned to converge fast (Keller Jordan's Muon)
+    """The nearest semi-orthogonal matrix to G, approximately: all
+    singular values pushed towards 1."""
+    # a quintic iteration tuned to converge fast (Keller Jordan's Muon)
+    a, b, c = 3.4445, -4.7750, 2.0315
     X = G / (G.norm() + 1e-7)  # singular values now <= 1
     if G.size(0) > G.size(1):
         X = X.T  # iterate on the wide side: X @ X.T is the smaller product
@@ -28,7 +31,8 @@ def newton_schulz(G, steps=5):
 
 
 class Muon(torch.optim.Optimizer):
-    """Momentum, then orthogonalize the update: every direction of a weight matrix moves at the same rate."""
+    """Momentum, then orthogonalize the update: every direction of a weight
+    matrix moves at the same rate."""
 
     def __init__(self, params, lr=0.02, momentum=0.95):
         super().__init__(params, dict(lr=lr, momentum=momentum))

@@ -1,6 +1,6 @@
 """
-Draw the loss curves of one or more gpt.py runs from their <out_dir>/log.csv, or what a trained model's
-attention heads look at.
+Draw the loss curves of one or more gpt.py runs from their <out_dir>/log.csv, or what a
+trained model's attention heads look at.
 
     python plot.py out/log.csv                                  # -> out/loss.png
     python plot.py out/log.csv out-bpe/log.csv --x=time --out=runs.png
@@ -23,7 +23,7 @@ from checks import die
 from configurator import configure
 
 # -----------------------------------------------------------------------------
-x = 'tokens'  # the x axis: 'tokens' (trained on), 'time' (seconds of training) or 'iter' (optimizer steps)
+x = 'tokens'  # the x axis: 'tokens' trained on, 'time' (seconds trained) or 'iter' (steps)
 y = 'loss'  # the y axis: 'loss' (nats per token, train and val) or 'bpb' (val bits per byte)
 out = ''  # the PNG to write; empty means loss.png beside the first log
 title = ''  # the figure's title; empty means none
@@ -41,7 +41,8 @@ def read_log(path):
     with open(path, newline='', encoding='utf-8', errors='replace') as f:
         reader = csv.reader(f)
         header = next(reader, None)
-        if header not in (COLUMNS, COLUMNS[:-1], COLUMNS[:-2]):  # older logs lack step_ms, and val_bpb
+        # older logs lack step_ms, and val_bpb
+        if header not in (COLUMNS, COLUMNS[:-1], COLUMNS[:-2]):
             die(f"'{path}' is not a gpt.py log: its first line should be {','.join(COLUMNS)}")
         rows = []
         for n, row in enumerate(reader, 2):
@@ -71,14 +72,16 @@ def save(fig, target):
     os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     try:
         fig.savefig(target)
-    except (OSError, ValueError) as e:  # an unwritable place, or a name matplotlib has no format for
+    # an unwritable place, or a name matplotlib has no format for
+    except (OSError, ValueError) as e:
         die(f"cannot write '{target}': {e}")
     print(f"wrote {target}")
 
 
 def attention_maps(path, text):
-    """The prompt's tokens and every head's attention weights over them, (n_layer, n_head, T, T), from the
-    explicit attention path of the model in the checkpoint (the same numbers as its fast path)."""
+    """The prompt's tokens and every head's attention weights over them, (n_layer,
+    n_head, T, T), from the explicit attention path of the model in the checkpoint
+    (the same numbers as its fast path)."""
     import torch
     import gpt
     from checkpoint import full_weights, load_checkpoint
@@ -96,11 +99,13 @@ def attention_maps(path, text):
         block.attn.use_sdpa = False  # the explicit path keeps its weights
     with torch.no_grad():
         model(torch.tensor([ids]))
-    return [tok.decode([i]) for i in ids], torch.stack([b.attn.att[0] for b in model.blocks]).numpy()
+    att = torch.stack([b.attn.att[0] for b in model.blocks])  # (n_layer, n_head, T, T)
+    return [tok.decode([i]) for i in ids], att.numpy()
 
 
 def attention_title(text, tokens, inches):
-    """What the picture shows, the prompt as the model saw it (cropped to block_size), wrapped to the figure."""
+    """What the picture shows, the prompt as the model saw it (cropped to
+    block_size), wrapped to the figure."""
     shown = ''.join(tokens)
     what = f"the last {len(tokens)} tokens of the prompt, {shown!r}" if shown != text else repr(shown)
     return textwrap.fill(f"attention over {what}: row = the token that looks, column = what it sees",
@@ -111,8 +116,10 @@ def draw_attention():
     tokens, att = attention_maps(attention, prompt)
     n_layer, n_head, T, _ = att.shape
     plt = pyplot()
-    fig, axes = plt.subplots(n_layer, n_head, figsize=(1.6 + 2.2 * n_head, 0.6 + 2.2 * n_layer), dpi=80, squeeze=False)
-    labels = [t.replace('\n', '\u23ce').replace(' ', '\u2423') for t in tokens]  # a newline and a space made visible
+    size = (1.6 + 2.2 * n_head, 0.6 + 2.2 * n_layer)
+    fig, axes = plt.subplots(n_layer, n_head, figsize=size, dpi=80, squeeze=False)
+    # a newline and a space made visible
+    labels = [t.replace('\n', '\u23ce').replace(' ', '\u2423') for t in tokens]
     for layer in range(n_layer):
         for head in range(n_head):
             ax = axes[layer][head]
@@ -156,7 +163,9 @@ def main(paths):
             ax.plot(*zip(*val), '-', color=color, label=label)
         if final:
             ax.plot(*final[-1], '*', color=color, markersize=12)
-    ax.set_xlabel({'tokens': 'tokens trained on', 'time': 'seconds of training', 'iter': 'optimizer steps'}[x])
+    x_labels = {'tokens': 'tokens trained on', 'time': 'seconds of training',
+                'iter': 'optimizer steps'}
+    ax.set_xlabel(x_labels[x])
     ax.set_ylabel('loss (nats per token)' if y == 'loss' else 'val bits per byte')
     ax.grid(alpha=0.3)
     if ymax > 0:

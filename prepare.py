@@ -1,12 +1,13 @@
 """
 Make a dataset for bigram.py and gpt.py: token ids for a train and a val split, and the tokenizer.
 
-    python prepare.py                                  # download Tiny Shakespeare -> data/shakespeare_char/
-    python prepare.py --input=path/to/input.txt        # any local UTF-8 text (offline use)
-    python prepare.py --tokenizer=bpe                  # byte-level BPE -> data/shakespeare_bpe/
-    python prepare.py --input=my.txt --dataset=mine --tokenizer_from=shakespeare_char   # your text, a model's tokenizer
+    python prepare.py                            # download Tiny Shakespeare -> data/shakespeare_char/
+    python prepare.py --input=path/to/input.txt  # any local UTF-8 text (offline use)
+    python prepare.py --tokenizer=bpe            # byte-level BPE -> data/shakespeare_bpe/
+    python prepare.py --format=tasks --tokenizer_from=shakespeare_char  # -> data/shakespeare_tasks/
+    # your own text, or prompt/response pairs, encoded with a model's tokenizer
+    python prepare.py --input=my.txt --dataset=mine --tokenizer_from=shakespeare_char
     python prepare.py --input=pairs.jsonl --format=pairs --dataset=sft --tokenizer_from=shakespeare_char
-    python prepare.py --format=tasks --tokenizer_from=shakespeare_char   # instruction pairs -> data/shakespeare_tasks/
 
 Writes data/<dataset>/train.bin and val.bin (token ids as uint16: the first 90% of the text and the
 last 10%, cut before tokenizing) and meta.json (the tokenizer, as JSON). Instruction pairs also get
@@ -27,11 +28,11 @@ from tokenizer import BPETokenizer, CharTokenizer, description_in, from_descript
 
 # -----------------------------------------------------------------------------
 input = ''  # a local UTF-8 text file (JSONL with format='pairs'); empty means download `url`
-dataset = ''  # output folder data/<dataset>/; empty means shakespeare_char, shakespeare_bpe or shakespeare_tasks
-tokenizer = 'char'  # 'char' (one token per character) or 'bpe' (byte-level BPE trained on the train split)
+dataset = ''  # writes data/<dataset>/; '': shakespeare_char, shakespeare_bpe or shakespeare_tasks
+tokenizer = 'char'  # 'char': a token per character; 'bpe': byte-level BPE, trained on the train split
 vocab_size = 1024  # bpe only: the 256 bytes plus vocab_size - 256 merges
-tokenizer_from = ''  # a prepared dataset whose tokenizer encodes this text (to fine-tune its model), or GPT-2's
-format = 'text'  # 'text'; 'pairs': JSONL lines {"prompt": ..., "response": ...}; 'tasks': pairs from the text's lines
+tokenizer_from = ''  # a prepared dataset (or gpt2) whose tokenizer encodes this text, for its model
+format = 'text'  # 'text'; 'pairs': JSONL of {"prompt": ..., "response": ...}; 'tasks': made from lines
 url = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 sha256 = '86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed'  # of `url`; '' skips the check
 timeout = 30.0  # seconds to wait for the server
@@ -77,25 +78,30 @@ def read_text(path):
     try:
         return raw.decode('utf-8')
     except UnicodeDecodeError as e:
-        die(f"input file '{path}' is not valid UTF-8 (byte {raw[e.start]:#04x} at offset {e.start})")
+        byte = raw[e.start]
+        die(f"input file '{path}' is not valid UTF-8 (byte {byte:#04x} at offset {e.start})")
 
 
 def read_pairs(text, path):
     """[(prompt, response)] from JSONL, one {"prompt": str, "response": str} object per line."""
     pairs = []
-    for n, line in enumerate(text.split('\n'), 1):  # not splitlines(): U+2028 and the like may sit in a string
+    # not splitlines(): U+2028 and the like may sit in a string
+    for n, line in enumerate(text.split('\n'), 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             die(f"{path} line {n}: not valid JSON ({e.msg})")
-        if not isinstance(obj, dict) or not all(isinstance(obj.get(k), str) for k in ('prompt', 'response')):
+        strings = isinstance(obj, dict) and all(isinstance(obj.get(k), str) for k in ('prompt', 'response'))
+        if not strings:
             die(f"{path} line {n}: needs string values for both \"prompt\" and \"response\"")
         if END in obj['prompt'] + SEP + obj['response']:
-            die(f"{path} line {n}: a pair must not hold a blank line ({END!r} marks the end of a response)")
+            die(f"{path} line {n}: a pair must not hold a blank line "
+                f"({END!r} marks the end of a response)")
         if obj['response'].endswith(SEP):  # its end marker would be found one character early
-            die(f"{path} line {n}: a response must not end with a newline ({END!r} after it marks its end)")
+            die(f"{path} line {n}: a response must not end with a newline "
+                f"({END!r} after it marks its end)")
         pairs.append((obj['prompt'], obj['response']))
     return pairs
 
@@ -109,9 +115,11 @@ TASKS = {  # instructions a small model can learn; the instruction is part of th
 
 
 def make_tasks(text, n_lines=5000, seed=0):
-    """Instruction pairs from the text's lines of 8 to 24 characters: every task on every line. The lines
-    are shuffled once and split 90/10, so the val pairs ask about lines that training never saw."""
-    lines = sorted({' '.join(l.split()) for l in text.splitlines() if 8 <= len(' '.join(l.split())) <= 24})
+    """Instruction pairs from the text's lines of 8 to 24 characters: every task on
+    every line. The lines are shuffled once and split 90/10, so the val pairs ask
+    about lines that training never saw."""
+    lines = {' '.join(l.split()) for l in text.splitlines()}  # spaces made single
+    lines = sorted(l for l in lines if 8 <= len(l) <= 24)
     random.Random(seed).shuffle(lines)
     lines = [l for l in lines if len(l.split()) >= 2][:n_lines]
     return [(f"{task}: {line}", fn(line), task) for line in lines for task, fn in TASKS.items()]
@@ -128,7 +136,8 @@ def encode_pairs(tok, pairs):
 
 
 def load_tokenizer(name):
-    """A prepared dataset's tokenizer (data/<name>/meta.json), or GPT-2's: a hub name or a Hugging Face folder."""
+    """A prepared dataset's tokenizer (data/<name>/meta.json), or GPT-2's: a hub
+    name or a Hugging Face folder."""
     from gpt2 import HUB, gpt2_tokenizer  # only on this knob
     if name in HUB or os.path.isfile(os.path.join(name, 'vocab.json')):
         return gpt2_tokenizer(name)
@@ -137,14 +146,16 @@ def load_tokenizer(name):
             meta = json.load(f)
         return from_description(description_in(meta))
     except (OSError, ValueError, KeyError) as e:
-        die(f"--tokenizer_from={name}: data/{name}/meta.json is missing or malformed ({e}); prepare that dataset first")
+        die(f"--tokenizer_from={name}: data/{name}/meta.json is missing or malformed ({e}); "
+            f"prepare that dataset first")
 
 
 def check_knobs():
     if tokenizer not in ('char', 'bpe'):
         die(f"--tokenizer must be 'char' or 'bpe', not '{tokenizer}'")
     if tokenizer == 'bpe' and not 256 <= vocab_size <= 65536:
-        die(f"--vocab_size must be in [256, 65536] for bpe (256 = bytes only; ids are uint16), not {vocab_size}")
+        die(f"--vocab_size must be in [256, 65536] for bpe (256 = bytes only; ids are uint16), "
+            f"not {vocab_size}")
     if format not in ('text', 'pairs', 'tasks'):
         die(f"--format must be 'text', 'pairs' or 'tasks', not '{format}'")
     if format == 'pairs' and not input:
@@ -154,8 +165,8 @@ def check_knobs():
 
 
 def folder_for(tok):
-    """data/<dataset>/: a plain folder name, and never one that holds another kind of data (the user's data
-    is not swapped behind their back)."""
+    """data/<dataset>/: a plain folder name, and never one that holds another kind of data (the
+    user's data is not swapped behind their back)."""
     name = dataset or {'tasks': 'shakespeare_tasks'}.get(format, f'shakespeare_{tokenizer}')
     if os.sep in name or name in ('.', '..'):
         die(f"--dataset must be a plain folder name, not '{name}'")
@@ -166,7 +177,8 @@ def folder_for(tok):
         was = (before.get('tokenizer', {}).get('type', 'char'), before.get('format', 'text'))
         now = (tok.describe()['type'] if tok else tokenizer, format)
         if was != now:
-            die(f"data/{name} holds a {was[0]} {was[1]} dataset; give another --dataset, or delete data/{name} first")
+            die(f"data/{name} holds a {was[0]} {was[1]} dataset; give another --dataset, "
+                f"or delete data/{name} first")
     return out
 
 
@@ -180,9 +192,10 @@ def command_for(name):
 
 
 def load_prepared(root, dataset):
-    """Read back what this file wrote to <root>/data/<dataset>/, checked: meta.json, its tokenizer, and each
-    split's token ids (and, for pairs, loss mask) memory-mapped. Returns (meta, tok, ids, masks); ids and masks
-    are dicts by split, masks empty for text. A missing or mismatched file: one line, and exit."""
+    """Read back what this file wrote to <root>/data/<dataset>/, checked: meta.json, its
+    tokenizer, and each split's token ids (and, for pairs, loss mask) memory-mapped. Returns
+    (meta, tok, ids, masks); ids and masks are dicts by split, masks empty for text. A missing
+    or mismatched file: one line, and exit."""
     folder = os.path.join(root, 'data', dataset)
     ids, masks = {}, {}
     try:
@@ -191,9 +204,11 @@ def load_prepared(root, dataset):
         for name in ('train', 'val'):
             ids[name] = np.memmap(os.path.join(folder, f'{name}.bin'), dtype=np.uint16, mode='r')
             if meta.get('format', 'text') != 'text':
-                masks[name] = np.memmap(os.path.join(folder, f'{name}_mask.bin'), dtype=np.uint8, mode='r')
+                mask_path = os.path.join(folder, f'{name}_mask.bin')
+                masks[name] = np.memmap(mask_path, dtype=np.uint8, mode='r')
     except (OSError, ValueError) as e:
-        die(f"dataset '{dataset}' is not prepared in {folder} ({type(e).__name__}); run: {command_for(dataset)}")
+        why = type(e).__name__
+        die(f"dataset '{dataset}' is not prepared in {folder} ({why}); run: {command_for(dataset)}")
     try:
         tok = from_description(description_in(meta))
     except ValueError as e:
@@ -201,15 +216,15 @@ def load_prepared(root, dataset):
     for name in ids:  # files from another preparation than meta.json's
         top = int(np.max(ids[name], initial=0))
         if top >= tok.vocab_size or (name in masks and len(masks[name]) != len(ids[name])):
-            die(f"{folder}/{name}.bin does not match its meta.json (ids to {top}, {tok.vocab_size} tokens, "
-                f"or a mask of another length); rerun prepare.py for this dataset")
+            die(f"{folder}/{name}.bin does not match its meta.json (ids to {top}, "
+                f"{tok.vocab_size} tokens, or a mask of another length); rerun prepare.py for this dataset")
     return meta, tok, ids, masks
 
 
 def split_90_10(text, path):
-    """The train and val parts: the text cut at 90% (the val text is then the same whatever the tokenizer),
-    or the pairs cut by pair (by line for tasks: every task of a line on one side). Pairs also come back
-    rendered as text, with the tasks of the val pairs."""
+    """The train and val parts: the text cut at 90% (the val text is then the same whatever the
+    tokenizer), or the pairs cut by pair (by line for tasks: every task of a line on one side).
+    Pairs also come back rendered as text, with the tasks of the val pairs."""
     if format == 'text':
         n = int(0.9 * len(text))
         if n == 0 or n == len(text):
@@ -225,26 +240,31 @@ def split_90_10(text, path):
 
 
 def make_tokenizer(tok, parts, rendered):
-    """The tokenizer of --tokenizer_from, or a new one (char: every character of the text; bpe: trained on the
-    train part). Text that it can't encode is refused."""
+    """The tokenizer of --tokenizer_from, or a new one (char: every character of the text; bpe:
+    trained on the train part). Text that it can't encode is refused."""
     text = ''.join(parts) if rendered is None else ''.join(rendered)
     if tok is None and tokenizer == 'char':
         tok = CharTokenizer.train(text)
     elif tok is None:
-        tok = BPETokenizer.train(parts[0] if rendered is None else ''.join(rendered[:len(parts[0])]), vocab_size)
+        train_text = parts[0]
+        if rendered is not None:  # the train pairs, rendered
+            train_text = ''.join(rendered[:len(parts[0])])
+        tok = BPETokenizer.train(train_text, vocab_size)
     missing = tok.unknown(text)
     if missing:
+        more = ''
+        if len(missing) > 30:
+            more = f" and {len(missing) - 30} more"
         die(f"the text has characters that the tokenizer of '{tokenizer_from}' lacks: {missing[:30]}"
-            f"{f' and {len(missing) - 30} more' if len(missing) > 30 else ''}; use a bpe dataset's tokenizer, "
-            f"or prepare a new char dataset without --tokenizer_from")
+            f"{more}; use a bpe dataset's tokenizer, or prepare a new char dataset without --tokenizer_from")
     if tok.vocab_size > 65536:
         die(f"the text has {tok.vocab_size} distinct characters; uint16 ids hold at most 65536")
     return tok
 
 
 def encode(tok, parts, rendered, tasks):
-    """The dataset's files as bytes: token ids (uint16; for pairs also uint8 loss masks and the pairs as
-    JSONL), then meta.json."""
+    """The dataset's files as bytes: token ids (uint16; for pairs also uint8 loss masks
+    and the pairs as JSONL), then meta.json."""
     files = {}
     for split, part in zip(('train', 'val'), parts):
         if rendered is None:
@@ -260,7 +280,8 @@ def encode(tok, parts, rendered, tasks):
         meta.update(sep=SEP, end=END, val_tasks=tasks)
         files['pairs.jsonl'] = ''.join(json.dumps({'prompt': p, 'response': r}) + '\n'
                                        for p, r, *_ in parts[0] + parts[1]).encode()
-    files['meta.json'] = json.dumps(meta).encode()  # written last: a dataset with meta.json is complete
+    # written last: a dataset with meta.json is complete
+    files['meta.json'] = json.dumps(meta).encode()
     return files, meta
 
 
@@ -282,7 +303,10 @@ def main():
         n_pairs = len(parts[0]) + len(parts[1])
         print(f"{n_pairs:,} pairs: {len(parts[0]):,} train, {len(parts[1]):,} val"
               + (f" (tasks: {', '.join(TASKS)})" if tasks else ''))
-    print(f"tokenizer: {tok.describe()['type']}" + (f" from {tokenizer_from}" if tokenizer_from else ''))
+    source = ''
+    if tokenizer_from:
+        source = f" from {tokenizer_from}"
+    print(f"tokenizer: {tok.describe()['type']}{source}")
     print(f"vocab size: {tok.vocab_size:,}")
     n_train, n_val = len(files['train.bin']) // 2, len(files['val.bin']) // 2
     print(f"train has {n_train:,} tokens, val has {n_val:,} tokens "

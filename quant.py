@@ -1,8 +1,8 @@
 """
 Smaller weights for gpt.py's --quantize: int8 and NF4 (QLoRA's 4-bit type), weight-only.
 
-The Linear layers inside the blocks are swapped for versions that store each weight as a small integer
-code plus a float scale for a group of weights; embeddings, head and norms stay as they are.
+The Linear layers inside the blocks are swapped for versions that store each weight as a small
+integer code plus a float scale for a group of weights; embeddings, head and norms stay as they are.
 gpt.py imports this only when --quantize (or a QLoRA run) asks for it. It never imports gpt.
 """
 import functools
@@ -13,7 +13,8 @@ from torch.nn import functional as F
 
 
 class QuantizedLinear(nn.Module):
-    """What the two share: the Linear's shape and bias, and a matmul with the weight dequantized to float."""
+    """What the two share: the Linear's shape and bias, and a matmul with the
+    weight dequantized to float."""
 
     def __init__(self, linear):
         super().__init__()
@@ -27,32 +28,39 @@ class QuantizedLinear(nn.Module):
 class Int8Linear(QuantizedLinear):
     """A Linear whose weight is int8 with one absmax scale per output row: w ~ code * absmax / 127.
 
-    Weight-only: the activations stay as they are, and every path computes x @ dequantize()^T (plus the
-    bias). On a CPU whose int8 matmul is exact (int8_kernel_is_exact: VNNI), evaluating and sampling take
-    a faster road to the same numbers: each token's row of x becomes 22-bit integer codes with its own
-    scale (rounding at 2**-21 of the row's largest value, about fp32's own precision), cut into three int8
-    pieces, and one int8 matmul against the codes reads the weights once for all three. Elsewhere, and
-    wherever gradients flow (LoRA on an int8 base): the codes as floats, then the scales."""
+    Weight-only: the activations stay as they are, and every path computes x @ dequantize()^T
+    (plus the bias). On a CPU whose int8 matmul is exact (int8_kernel_is_exact: VNNI),
+    evaluating and sampling take a faster road to the same numbers: each token's row of x
+    becomes 22-bit integer codes with its own scale (rounding at 2**-21 of the row's largest
+    value, about fp32's own precision), cut into three int8 pieces, and one int8 matmul against
+    the codes reads the weights once for all three. Elsewhere, and wherever gradients flow (LoRA
+    on an int8 base): the codes as floats, then the scales."""
 
     def __init__(self, linear):
         super().__init__(linear)
         w = linear.weight.detach().float()
         self.register_buffer('scale', w.abs().amax(dim=1).clamp(min=1e-12) / 127)  # (out,)
-        self.register_buffer('qweight', torch.round(w / self.scale[:, None]).to(torch.int8))  # (out, in)
+        # (out, in)
+        self.register_buffer('qweight', torch.round(w / self.scale[:, None]).to(torch.int8))
 
     def dequantize(self):
         return self.qweight.float() * self.scale[:, None]
 
     def forward(self, x):
         if torch.is_grad_enabled() or x.device.type != 'cpu' or not int8_kernel_is_exact():
-            y = F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)  # the scale is per output
+            # the scale is per output
+            y = F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
             return y if self.bias is None else y + self.bias.to(x.dtype)
         rows = x.reshape(-1, self.in_features).float()  # (N, in): a token a row
         x_scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / (2**21 - 1)  # (N, 1)
-        codes = torch.round(rows / x_scale).int()  # in [-2**21, 2**21): hi * 2**14 + mid * 2**7 + lo
-        pieces = ((codes >> SHIFTS) & MASKS).to(torch.int8)  # (3, N, in): hi in [-128, 127], mid, lo in [0, 127]
-        sums = torch._int_mm(pieces.view(-1, self.in_features), self.qweight.t())  # (3N, out), exact int32
-        y = (sums.view(3, len(rows), -1).float() * PLACES).sum(0) * (x_scale * self.scale)  # (N, out)
+        # in [-2**21, 2**21): hi * 2**14 + mid * 2**7 + lo
+        codes = torch.round(rows / x_scale).int()
+        # (3, N, in): hi in [-128, 127], mid, lo in [0, 127]
+        pieces = ((codes >> SHIFTS) & MASKS).to(torch.int8)
+        # (3N, out), exact int32
+        sums = torch._int_mm(pieces.view(-1, self.in_features), self.qweight.t())
+        # (N, out)
+        y = (sums.view(3, len(rows), -1).float() * PLACES).sum(0) * (x_scale * self.scale)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
@@ -65,10 +73,11 @@ PLACES = torch.tensor([2.0**14, 2.0**7, 1.0]).view(3, 1, 1)  # what each piece's
 
 @functools.cache
 def int8_kernel_is_exact():
-    """Does torch._int_mm (oneDNN) sum int8 products exactly on this CPU? With VNNI (AVX512-VNNI, AVX-VNNI,
-    AMX) it does. Without (AVX2, AVX-512 before VNNI) it adds pairs of products in 16 bits, which overflow
-    on large codes (255 * 127 * 2 > 32767) and give wrong sums, so Int8Linear takes its fp32 road there.
-    Asked of the kernel itself, on the largest codes, for one row and for many."""
+    """Does torch._int_mm (oneDNN) sum int8 products exactly on this CPU? With VNNI
+    (AVX512-VNNI, AVX-VNNI, AMX) it does. Without (AVX2, AVX-512 before VNNI) it adds pairs
+    of products in 16 bits, which overflow on large codes (255 * 127 * 2 > 32767) and give
+    wrong sums, so Int8Linear takes its fp32 road there. Asked of the kernel itself, on the
+    largest codes, for one row and for many."""
     g = torch.Generator().manual_seed(0)
     b = (torch.randint(0, 2, (48, 256), generator=g) * 254 - 127).to(torch.int8)  # +-127
     for n in (1, 40):
@@ -83,34 +92,42 @@ def int8_kernel_is_exact():
 
 
 def nf4_code():
-    """NF4, QLoRA's 4-bit data type: 16 values at quantiles of a standard normal, scaled to [-1, 1], with
-    an exact 0. Normally distributed weights then use all 16 codes about equally often. The quantiles are
-    taken at probabilities evenly spaced from 0.5 to offset (not 1, whose quantile is infinite): 8 on the
-    positive side and 7 on the negative, so that 0 is one of the 16."""
-    offset = 1 - (1 / (2 * 15) + 1 / (2 * 16)) / 2  # 0.9677: between the last points of 15 and 16 bins
-    positive = torch.special.ndtri(torch.linspace(offset, 0.5, 9, dtype=torch.float64)[:-1])  # 8 values
-    negative = -torch.special.ndtri(torch.linspace(offset, 0.5, 8, dtype=torch.float64)[:-1])  # 7 values
+    """NF4, QLoRA's 4-bit data type: 16 values at quantiles of a standard normal, scaled to [-1, 1],
+    with an exact 0. Normally distributed weights then use all 16 codes about equally often. The
+    quantiles are taken at probabilities evenly spaced from 0.5 to offset (not 1, whose quantile is
+    infinite): 8 on the positive side and 7 on the negative, so that 0 is one of the 16."""
+    # 0.9677: between the last points of 15 and 16 bins
+    offset = 1 - (1 / (2 * 15) + 1 / (2 * 16)) / 2
+    # 8 values
+    positive = torch.special.ndtri(torch.linspace(offset, 0.5, 9, dtype=torch.float64)[:-1])
+    # 7 values
+    negative = -torch.special.ndtri(torch.linspace(offset, 0.5, 8, dtype=torch.float64)[:-1])
     code = torch.cat([negative, torch.zeros(1, dtype=torch.float64), positive]).sort().values
     return (code / code.abs().max()).float()
 
 
 class NF4Linear(QuantizedLinear):
-    """A Linear whose weight is NF4: blocks of 64 weights, each block scaled by its absmax into [-1, 1]
-    and rounded to the nearest of the 16 NF4 values; two 4-bit codes are packed into each byte.
-    It dequantizes to float for every matmul: it saves memory, not time (this is the readable version)."""
+    """A Linear whose weight is NF4: blocks of 64 weights, each block scaled by its absmax
+    into [-1, 1] and rounded to the nearest of the 16 NF4 values; two 4-bit codes are
+    packed into each byte. It dequantizes to float for every matmul: it saves memory, not
+    time (this is the readable version)."""
     block = 64
 
     def __init__(self, linear):
         super().__init__(linear)
         w = linear.weight.detach().float()
-        flat = F.pad(w.flatten(), (0, -w.numel() % self.block)).view(-1, self.block)  # (n_blocks, 64)
+        # (n_blocks, 64)
+        flat = F.pad(w.flatten(), (0, -w.numel() % self.block)).view(-1, self.block)
         self.register_buffer('absmax', flat.abs().amax(dim=1, keepdim=True).clamp(min=1e-12))
         self.register_buffer('code', nf4_code())
-        codes = torch.bucketize(flat / self.absmax, (self.code[1:] + self.code[:-1]) / 2)  # the nearest value
-        self.register_buffer('packed', (codes[:, 0::2] << 4 | codes[:, 1::2]).to(torch.uint8))  # (n_blocks, 32)
+        # the nearest value
+        codes = torch.bucketize(flat / self.absmax, (self.code[1:] + self.code[:-1]) / 2)
+        # (n_blocks, 32)
+        self.register_buffer('packed', (codes[:, 0::2] << 4 | codes[:, 1::2]).to(torch.uint8))
 
     def dequantize(self):
-        codes = torch.stack((self.packed >> 4, self.packed & 15), dim=-1).flatten(1).long()  # (n_blocks, 64)
+        # (n_blocks, 64)
+        codes = torch.stack((self.packed >> 4, self.packed & 15), dim=-1).flatten(1).long()
         w = (self.code[codes] * self.absmax).flatten()[:self.in_features * self.out_features]
         return w.view(self.out_features, self.in_features)
 
@@ -124,7 +141,8 @@ def swap_linears(model, make):
 
 
 def quantize_model(model, kind):
-    """Swap the blocks' Linears for their int8 or NF4 versions; return a line that says how much smaller."""
+    """Swap the blocks' Linears for their int8 or NF4 versions; return a
+    line that says how much smaller."""
     fp32 = weight_bytes(model)
     swap_linears(model, {'int8': Int8Linear, 'nf4': NF4Linear}[kind])
     q = weight_bytes(model)
@@ -133,7 +151,8 @@ def quantize_model(model, kind):
 
 
 def weight_bytes(model):
-    """Bytes of the blocks' Linear weights (and biases, if any) as stored: fp32, or codes plus scales."""
+    """Bytes of the blocks' Linear weights (and biases, if any) as stored:
+    fp32, or codes plus scales."""
     return sum(b.numel() * b.element_size() for m in model.blocks.modules() for n, b in
                [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
                if isinstance(m, (nn.Linear, QuantizedLinear)) and n != 'code')

@@ -1,21 +1,23 @@
 """
-One experiment, one command: gpt.py over every combination of the listed values, each at several seeds,
-one run at a time, each in its own folder; then a table of the whole-split val bpb and loss as mean ± std
-over the seeds, a CSV with a row for each run, and a picture.
+One experiment, one command: gpt.py over every combination of the listed values, each at several
+seeds, one run at a time, each in its own folder; then a table of the whole-split val bpb and loss
+as mean ± std over the seeds, a CSV with a row for each run, and a picture.
 
     python sweep.py --n_layer=1,2,4,6 --seeds=3 --max_time=60 --max_iters=1000000 --out_dir=sweeps/depth
     python sweep.py config/lecture/layernorm.py --n_layer=1,3,6 --residual=true,false --seeds=3
 
-A --key=V1,V2 (a comma) is swept; a --key=V goes to every run, as do config files (first). seeds and out_dir
-are the sweep's own: seeds N runs each combination with seeds 1337, 1338, ... (or from --seed=S on; a listed
---seed=S1,S2 gives the seeds themselves); out_dir holds one folder a run, sweep.csv and sweep.png. The picture
-draws val bpb against the first swept knob, with the seeds' spread as error bars, one line for each value of
-the second. Every combination is checked by gpt.py's configurator and its setting checks before anything runs.
+A --key=V1,V2 (a comma) is swept; a --key=V goes to every run, as do config files (first). seeds
+and out_dir are the sweep's own: seeds N runs each combination with seeds 1337, 1338, ... (or from
+--seed=S on; a listed --seed=S1,S2 gives the seeds themselves); out_dir holds one folder a run,
+sweep.csv and sweep.png. The picture draws val bpb against the first swept knob, with the seeds'
+spread as error bars, one line for each value of the second. Every combination is checked by
+gpt.py's configurator and its setting checks before anything runs.
 
-Each run's folder keeps the command it belongs to (run.json: gpt.py's arguments and the config files' sha256),
-so a folder of another command is refused, never reported as this one's. Rerun the same command and the
-finished runs are skipped; Ctrl-C or SIGTERM lets the running gpt.py save its step, and the rerun resumes it
-from there. A run that fails is reported in its row, the sweep goes on, and it exits 1.
+Each run's folder keeps the command it belongs to (run.json: gpt.py's arguments and the
+config files' sha256), so a folder of another command is refused, never reported as this
+one's. Rerun the same command and the finished runs are skipped; Ctrl-C or SIGTERM lets the
+running gpt.py save its step, and the rerun resumes it from there. A run that fails is
+reported in its row, the sweep goes on, and it exits 1.
 """
 import contextlib
 import csv
@@ -44,7 +46,8 @@ class Stopped(Exception):
 
 
 def parse(argv):
-    """Config files, the swept knobs ({key: [values as typed]}), the knobs for every run, the seeds and out_dir."""
+    """Config files, the swept knobs ({key: [values as typed]}), the knobs for
+    every run, the seeds and out_dir."""
     configs, swept, fixed, n_seeds, first_seed, out_dir = [], {}, [], None, 1337, os.path.join('sweeps', 'sweep')
     for arg in argv:
         key, _, value = arg[2:].partition('=')
@@ -91,9 +94,9 @@ def command_record(configs, args):
 
 
 def runs(configs, swept, fixed, seeds, out_dir):
-    """Every run: (the combination's values, seed, its folder, gpt.py's arguments). Each run is checked first by
-    gpt.py's configurator (an unknown knob, with a suggestion, or a value of the wrong type) and its setting
-    checks (checks.py: a value that can't work)."""
+    """Every run: (the combination's values, seed, its folder, gpt.py's arguments). Each run is
+    checked first by gpt.py's configurator (an unknown knob, with a suggestion, or a value of the
+    wrong type) and its setting checks (checks.py: a value that can't work)."""
     todo = []
     for values in itertools.product(*swept.values()):
         combo = dict(zip(swept, values))
@@ -108,7 +111,8 @@ def runs(configs, swept, fixed, seeds, out_dir):
 
 
 def check(args):
-    """gpt.py's configurator and setting checks on one run's arguments; the sweep stops on the first problem."""
+    """gpt.py's configurator and setting checks on one run's arguments; the
+    sweep stops on the first problem."""
     scope = dict(vars(gpt))
     with contextlib.redirect_stdout(io.StringIO()):
         try:
@@ -121,7 +125,8 @@ def check(args):
 
 
 def claim(folder, record):
-    """The run's folder for this command: refused in one line if it holds a run of another command."""
+    """The run's folder for this command: refused in one line if it
+    holds a run of another command."""
     path = os.path.join(ROOT, folder, 'run.json')
     if os.path.isfile(path):
         with open(path) as f:
@@ -135,8 +140,8 @@ def claim(folder, record):
 
 
 def run_one(folder, args, record):
-    """Run gpt.py (resumed from its checkpoint if an earlier call was stopped); its result, read from the run's
-    log.csv and kept in <folder>/result.json, or the line it failed with."""
+    """Run gpt.py (resumed from its checkpoint if an earlier call was stopped); its result, read
+    from the run's log.csv and kept in <folder>/result.json, or the line it failed with."""
     os.makedirs(os.path.join(ROOT, folder), exist_ok=True)
     with open(os.path.join(ROOT, folder, 'run.json'), 'w') as f:
         json.dump(record, f)
@@ -161,8 +166,8 @@ def run_one(folder, args, record):
 
 
 def stop_child(proc, signum):
-    """Pass the signal on (a terminal's Ctrl-C reached gpt.py already; a signal to the sweep alone did not), and
-    wait while gpt.py saves its step and exits."""
+    """Pass the signal on (a terminal's Ctrl-C reached gpt.py already; a signal to the sweep alone
+    did not), and wait while gpt.py saves its step and exits."""
     proc.send_signal(signum)
     while proc.poll() is None:
         try:
@@ -172,7 +177,8 @@ def stop_child(proc, signum):
 
 
 def final_row(path):
-    """The last 'final' row of gpt.py's log.csv (whole-split val loss and bpb, steps, time trained), or None."""
+    """The last 'final' row of gpt.py's log.csv (whole-split val loss and bpb,
+    steps, time trained), or None."""
     if not os.path.isfile(path):
         return None
     with open(path, newline='') as f:
@@ -185,7 +191,8 @@ def mean_std(xs):
 
 
 def report(swept, done, out_dir):
-    """The Markdown table (a row for each combination), sweep.csv (a row for each run) and sweep.png."""
+    """The Markdown table (a row for each combination), sweep.csv (a row
+    for each run) and sweep.png."""
     keys = list(swept)
     try:
         os.makedirs(os.path.join(ROOT, out_dir), exist_ok=True)
@@ -221,7 +228,8 @@ def draw(keys, groups, target):
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     groups = {values or ('as given',): rs for values, rs in groups.items()}
     xs = list(dict.fromkeys(v[0] for v in groups))  # the first knob's values, in the order given
-    for line in dict.fromkeys(v[1:] for v in groups):  # one line for each value of the second knob (and on)
+    # one line for each value of the second knob (and on)
+    for line in dict.fromkeys(v[1:] for v in groups):
         pts = []
         for values, rs in groups.items():
             bpbs = [r['val_bpb'] for r in rs if r['status'] == 'ok']
@@ -230,7 +238,8 @@ def draw(keys, groups, target):
         label = ', '.join(f"{k}={v}" for k, v in zip(keys[1:], line)) or None
         ax.errorbar([i for i, _ in pts], [statistics.mean(b) for _, b in pts], capsize=3, marker='o', label=label,
                     yerr=[statistics.stdev(b) if len(b) > 1 else 0 for _, b in pts])
-    ax.set_xticks(range(len(xs)), xs, rotation=20 if max(map(len, xs)) > 6 else 0)  # long names: tilted
+    # long names: tilted
+    ax.set_xticks(range(len(xs)), xs, rotation=20 if max(map(len, xs)) > 6 else 0)
     ax.set_xlabel(keys[0] if keys else 'the command, as given')
     ax.set_ylabel('whole-split val bpb (mean ± std over seeds)')
     if len(keys) > 1:

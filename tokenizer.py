@@ -24,9 +24,10 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-# Pre-split text into chunks so that merges never cross them: a contraction, a run of letters, up to
-# three digits, a run of punctuation (each optionally led by one space), or whitespace. GPT-2/GPT-4's
-# idea, written for the standard library's `re`: [^\W\d_] is "a letter" (\w without digits and _).
+# Pre-split text into chunks so that merges never cross them: a contraction, a run of
+# letters, up to three digits, a run of punctuation (each optionally led by one space), or
+# whitespace. GPT-2/GPT-4's idea, written for the standard library's `re`: [^\W\d_] is "a
+# letter" (\w without digits and _).
 SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d{1,3}| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
 
 
@@ -35,14 +36,21 @@ def char_class(categories):
     chars = [i for i in range(sys.maxunicode + 1) if unicodedata.category(chr(i)) in categories]
     starts = [c for k, c in enumerate(chars) if k == 0 or chars[k - 1] != c - 1]
     ends = [c for k, c in enumerate(chars) if k == len(chars) - 1 or chars[k + 1] != c + 1]
-    return ''.join(re.escape(chr(a)) + ('-' + re.escape(chr(b)) if b > a else '') for a, b in zip(starts, ends))
+    ranges = []
+    for a, b in zip(starts, ends):
+        ranges.append(re.escape(chr(a)))
+        if b > a:
+            ranges.append('-' + re.escape(chr(b)))
+    return ''.join(ranges)
 
 
 @functools.cache
 def gpt2_split():
-    r"""GPT-2's own pattern, 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+, in `re`:
-    \p{N} (numbers) is \d plus the categories Nl and No (Ⅻ, ½, ²); \p{L} (letters) is \w without them, \d
-    and _; \s is Unicode's White_Space, which Python's \s exceeds by four control characters (\x1c-\x1f)."""
+    r"""GPT-2's own pattern, in `re`:
+        's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+    \p{N} (numbers) is \d plus the categories Nl and No (Ⅻ, ½, ²); \p{L} (letters) is \w without
+    them, \d and _; \s is Unicode's White_Space, which Python's \s exceeds by four control
+    characters (\x1c-\x1f)."""
     num, ws = char_class(('Nl', 'No')), r'\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000'
     letters, numbers = rf"(?:(?![{num}])[^\W\d_])+", rf"[\d{num}]+"
     return (rf"""'s|'t|'re|'ve|'m|'ll|'d| ?{letters}| ?{numbers}| ?(?:(?![{num}])[^{ws}\w]|_)+"""
@@ -50,9 +58,11 @@ def gpt2_split():
 
 
 def gpt2_bytes():
-    """GPT-2's vocab.json writes each byte as a printable character: bytes that print stand for themselves,
-    the others (control codes, space, ...) become chr(256), chr(257), ... in byte order."""
-    printable = [*range(ord('!'), ord('~') + 1), *range(ord('¡'), ord('¬') + 1), *range(ord('®'), ord('ÿ') + 1)]
+    """GPT-2's vocab.json writes each byte as a printable character: bytes that print stand for
+    themselves, the others (control codes, space, ...) become chr(256), chr(257), ... in byte order.
+    """
+    printable = [*range(ord('!'), ord('~') + 1), *range(ord('¡'), ord('¬') + 1),
+                 *range(ord('®'), ord('ÿ') + 1)]
     others = [b for b in range(256) if b not in printable]
     return {**{chr(b): b for b in printable}, **{chr(256 + k): b for k, b in enumerate(others)}}
 
@@ -62,7 +72,8 @@ class CharTokenizer:
     def __init__(self, chars):
         self.chars = list(chars)
         self.vocab_size = len(self.chars)
-        self.codes = np.array([ord(c) for c in self.chars], dtype=np.uint32)  # sorted, for searchsorted
+        # sorted, for searchsorted
+        self.codes = np.array([ord(c) for c in self.chars], dtype=np.uint32)
         self.token_bytes = [len(c.encode('utf-8')) for c in self.chars]  # for bits per byte
 
     @classmethod
@@ -78,7 +89,8 @@ class CharTokenizer:
         if missing:
             raise ValueError(f"characters not in the vocabulary: {missing[:20]}"
                              + (f" and {len(missing) - 20} more" if len(missing) > 20 else ''))
-        codes = np.frombuffer(text.encode('utf-32-le'), dtype=np.uint32)  # one code point per character
+        # one code point per character
+        codes = np.frombuffer(text.encode('utf-32-le'), dtype=np.uint32)
         return np.searchsorted(self.codes, codes).tolist()
 
     def decode(self, ids):
@@ -104,9 +116,9 @@ def merge(ids, pair, new_id):
 class BPETokenizer:
 
     def __init__(self, merges, pattern=SPLIT, ids=None, specials=None):
-        """Token i < 256 is byte i, and merges[k] joins a pair of tokens into token 256 + k. GPT-2's files
-        number the same tokens otherwise: ids[i] is the number of token i there. specials maps a text that
-        is one token whole (GPT-2's <|endoftext|>) to its number."""
+        """Token i < 256 is byte i, and merges[k] joins a pair of tokens into token 256 + k. GPT-2's
+        files number the same tokens otherwise: ids[i] is the number of token i there. specials maps
+        a text that is one token whole (GPT-2's <|endoftext|>) to its number."""
         self.merges = [tuple(p) for p in merges]
         self.pattern, self.split = pattern, re.compile(pattern)
         self.rank = {p: k for k, p in enumerate(self.merges)}
@@ -122,14 +134,17 @@ class BPETokenizer:
         for text, i in self.specials.items():
             self.vocab[i] = text.encode('utf-8')
         self.token_bytes = [len(b) for b in self.vocab]  # for bits per byte
-        self.cut = re.compile('(' + '|'.join(map(re.escape, self.specials)) + ')') if self.specials else None
-        self.cache = {}  # chunk -> ids: a text repeats its words, so each distinct chunk is encoded once
+        self.cut = None  # splits a text at its special tokens, if there are any
+        if self.specials:
+            self.cut = re.compile('(' + '|'.join(map(re.escape, self.specials)) + ')')
+        # chunk -> ids: a text repeats its words, so each distinct chunk is encoded once
+        self.cache = {}
 
     @classmethod
     def from_files(cls, vocab_json, merges_txt):
-        """GPT-2's tokenizer as save_pretrained writes it: vocab.json maps each token, written with gpt2_bytes'
-        stand-ins, to its id; merges.txt lists the merges in the order they were learned. ValueError if the
-        two don't fit together."""
+        """GPT-2's tokenizer as save_pretrained writes it: vocab.json maps each token, written with
+        gpt2_bytes' stand-ins, to its id; merges.txt lists the merges in the order they were
+        learned. ValueError if the two don't fit together."""
         with open(vocab_json, encoding='utf-8') as f:
             vocab = json.load(f)
         with open(merges_txt, encoding='utf-8') as f:
@@ -149,8 +164,8 @@ class BPETokenizer:
 
     @classmethod
     def train(cls, text, vocab_size, verbose=False):
-        """Learn vocab_size - 256 merges from text. Each distinct chunk is kept once with its count, and
-        after a merge only the chunks that held the pair are recounted, not the whole text."""
+        """Learn vocab_size - 256 merges from text. Each distinct chunk is kept once with its count,
+        and after a merge only the chunks that held the pair are recounted, not the whole text."""
         chunks = Counter(re.findall(SPLIT, text))
         words = [list(c.encode('utf-8')) for c in chunks]  # each distinct chunk as byte ids
         counts = list(chunks.values())
@@ -209,7 +224,8 @@ class BPETokenizer:
         return b''.join(self.vocab[i] for i in ids).decode('utf-8', errors='replace')
 
     def unknown(self, text):
-        """Bytes cover every text, except lone surrogates: what Python makes of bytes that were not UTF-8."""
+        """Bytes cover every text, except lone surrogates: what Python makes
+        of bytes that were not UTF-8."""
         return sorted({c for c in text if '\ud800' <= c <= '\udfff'})
 
     def describe(self):
@@ -218,12 +234,14 @@ class BPETokenizer:
 
 
 def description_in(record):
-    """The tokenizer's description in a meta.json or a checkpoint; older ones held only the char list."""
+    """The tokenizer's description in a meta.json or a checkpoint; older
+    ones held only the char list."""
     return record['tokenizer'] if 'tokenizer' in record else {'type': 'char', 'chars': record.get('chars')}
 
 
 def from_description(desc):
-    """A tokenizer from describe()'s dict (as meta.json and checkpoints hold it); ValueError if malformed."""
+    """A tokenizer from describe()'s dict (as meta.json and checkpoints hold
+    it); ValueError if malformed."""
     kind = desc.get('type') if isinstance(desc, dict) else None
     if kind == 'char':
         chars = desc.get('chars')
