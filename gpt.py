@@ -71,7 +71,9 @@ rope = True  # rotary position embeddings instead of a learned position table
 rmsnorm = True  # RMSNorm instead of LayerNorm
 qk_norm = True  # normalize queries and keys before attention
 relu2 = False  # ReLU squared instead of GELU in the feed-forward network
-tie_weights = True  # the output head shares the token embedding matrix (GPT-2 and nanoGPT do)
+# GPT-2's parts (nanoGPT's too) that the lecture lacks
+tie_weights = True  # the output head shares the token embedding matrix (the lecture's has its own)
+gelu_tanh = False  # GELU by its tanh approximation, as GPT-2 was trained (init_from=gpt2 sets it)
 # the lecture's parts, each one switch (config/lecture/ builds its steps with them)
 bias = False  # biases in the Linears and the head, as in the lecture (nanoGPT's knob)
 relu = False  # ReLU instead of GELU in the feed-forward network, as in the lecture
@@ -81,7 +83,6 @@ norm = True  # the norms before attention, before the feed-forward network and b
 pos = True  # position information (the learned table, or rope); False: none
 causal = True  # the mask that hides later positions; False: each sees the future (an experiment)
 weight_init = 'nanogpt'  # 'nanogpt': N(0, 0.02), projections smaller by depth; 'pytorch': its own
-gelu_tanh = False  # GELU by its tanh approximation, as GPT-2 was trained (init_from=gpt2 sets it)
 # training
 optimizer = 'muon'  # 'muon': Muon for the blocks' matrices, AdamW for the rest; or 'adamw' for all
 muon_lr = 0.02  # Muon's peak rate (scaled by the same schedule)
@@ -946,17 +947,17 @@ def evaluate(run, model, data, state):
 
 def main():
     data = load_data(dataset)  # token ids, loss masks, the tokenizer
-    # settings that can't work
-    for problem in problems(SimpleNamespace(**knobs(globals())), ROOT, CONFIGURED):
+    k = SimpleNamespace(**knobs(globals()))  # the knobs, as checks.py reads them
+    for problem in problems(k, ROOT, CONFIGURED):  # settings that can't work
         die(problem)
+    # a run that writes out_dir holds it from the start: process 0 takes its lock
     first_process = int(os.environ.get('RANK', 0)) == 0
-    writes = writes_out_dir(SimpleNamespace(**knobs(globals()))) and first_process
-    # a writing run holds out_dir, from the start
+    writes = writes_out_dir(k) and first_process
     with claimed(os.path.join(ROOT, out_dir) if writes else None):
         # machine.py: one process or torchrun's; device and precision
         run = start_run(device, dtype)
         model, state = build_model(run, data)  # scratch, resume, or a checkpoint to fine-tune
-        # a run resumed at or past max_iters trains no step
+        # max_iters=0 (or eval_only) with a loaded model: no training, only what follows
         trains = max_iters > 0 and not eval_only
         if trains:
             optimizers = make_optimizers(run, model, state)
@@ -974,8 +975,8 @@ def main():
             loss, bpb = evaluate(run, model, data, state)
         if trains:
             write_csv(run, state, 'final', '', loss, bpb)
-    if not eval_only:  # eval_only: model, then evaluate
-        sample(run, model, data, state)  # sample-only (max_iters=0): model, then sample
+    if not eval_only:  # eval_only stops at the whole-split loss
+        sample(run, model, data, state)
 
 
 if __name__ == '__main__':

@@ -34,6 +34,14 @@ prompt = 'ROMEO: But soft'  # the text whose attention --attention draws
 COLUMNS = ['kind', 'iter', 'tokens', 'time_s', 'lr', 'train_loss', 'val_loss', 'val_bpb', 'step_ms']
 
 
+def number(v, path, n, row):
+    """A log cell as a float, or die naming its line."""
+    try:
+        return float(v)
+    except ValueError:
+        die(f"'{path}' line {n} has a value that is not a number: {','.join(row)[:60]}")
+
+
 def read_log(path):
     """The rows of a gpt.py log.csv, as dicts of floats (kind stays a string)."""
     if not os.path.isfile(path):
@@ -48,11 +56,13 @@ def read_log(path):
         for n, row in enumerate(reader, 2):
             if not len(header) <= len(row) <= len(COLUMNS) or row[0] not in ('train', 'eval', 'final'):
                 die(f"'{path}' line {n} is not a gpt.py log row: {','.join(row)[:60]}")
-            try:
-                rows.append({k: (v if k == 'kind' else float(v) if v else None)
-                             for k, v in zip(COLUMNS, row + [''] * (len(COLUMNS) - len(row)))})
-            except ValueError:
-                die(f"'{path}' line {n} has a value that is not a number: {','.join(row)[:60]}")
+            values = {'kind': row[0]}
+            # the columns an older log lacks are None, as are empty cells
+            for k, v in zip(COLUMNS[1:], row[1:] + [''] * (len(COLUMNS) - len(row))):
+                values[k] = None
+                if v:
+                    values[k] = number(v, path, n, row)
+            rows.append(values)
     if not rows:
         die(f"'{path}' has no rows yet: train first, then plot")
     return rows

@@ -3,7 +3,8 @@ Smaller weights for gpt.py's --quantize: int8 and NF4 (QLoRA's 4-bit type), weig
 
 The Linear layers inside the blocks are swapped for versions that store each weight as a small
 integer code plus a float scale for a group of weights; embeddings, head and norms stay as they are.
-gpt.py imports this only when --quantize (or a QLoRA run) asks for it. It never imports gpt.
+gpt.py imports this only when --quantize asks for it; lora.py imports it in every LoRA run (the
+Linear swap they share, and QLoRA's base). It never imports gpt.
 """
 import functools
 

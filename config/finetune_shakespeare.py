@@ -1,7 +1,7 @@
 # nanoGPT's config/finetune_shakespeare.py, sized for a 2-core CPU: GPT-2 (124M) adapted to Tiny Shakespeare
-# with LoRA, in about 30 minutes. Its files come once from the Hugging Face hub (or give --init_from=FOLDER,
+# with LoRA, in about 25 minutes (max_iters below). Its files come once from the Hugging Face hub (or give --init_from=FOLDER,
 # a folder as save_pretrained writes it). Encode the text with GPT-2's tokenizer first:
-#   python prepare.py --input=../shared/data/tinyshakespeare/input.txt --dataset=shakespeare_gpt2 --tokenizer_from=gpt2
+#   python prepare.py --dataset=shakespeare_gpt2 --tokenizer_from=gpt2   # downloads it; or --input=YOUR_COPY
 #   python gpt.py config/finetune_shakespeare.py
 init_from = 'gpt2'
 dataset = 'shakespeare_gpt2'
