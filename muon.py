@@ -9,8 +9,8 @@ import torch
 from machine import bf16_matmul_is_native
 
 # Newton-Schulz's precision by device type (others: fp32). On a CPU with bf16 in hardware it
-# ran 1.6x faster in bf16 (2-core AVX512-BF16 EPYC), the update within 3% of the fp32 one;
-# elsewhere bf16 is emulated, slower.
+# ran 1.6x faster in bf16 (2-core AMD EPYC with AVX512-BF16, 2026-11-26: docs/profile.md), the
+# update within 3% of the fp32 one; elsewhere bf16 is emulated, slower.
 NS_DTYPE = {'cpu': torch.float32}
 if bf16_matmul_is_native():
     NS_DTYPE['cpu'] = torch.bfloat16
