@@ -89,7 +89,30 @@ def bench_training(gpt_args, tmp):
             ('whole-split val loss after the budget', f"{float(final['val_loss']):.4f}"),
             ('peak host memory (RSS) of training',
              f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MiB")]
-    return rows, ckpt
+    # a step with its share of the evals, as the budget's run had them: the whole run's pace
+    step_with_evals = float(final['time_s']) / max(int(final['iter']), 1)
+    return rows, ckpt, step_with_evals
+
+
+def how_long_here(dev, step_s):
+    """The line that says what this machine is, the roads it takes, and how long this config's
+    whole run takes here (training and its evals, at the budget's pace)."""
+    dtype, why = gpt.dtype, 'as asked'
+    if dtype == 'auto':
+        dtype, why = machine.autocast_dtype(dev.split(':')[0])
+    int8 = 'the fp32 road'
+    if quant.int8_kernel_is_exact():
+        int8 = 'the int8 kernel'
+    what = 'this machine'
+    if dev == 'cpu':
+        what = f"{machine.cpu_name()}, {torch.get_num_threads()} threads"
+    minutes = gpt.max_iters * step_s / 60
+    if gpt.max_time > 0:
+        minutes = min(minutes, gpt.max_time / 60)
+    ns = muon.NS_DTYPE.get(dev.split(':')[0], torch.float32)
+    return (f"here: {what}; dtype {dtype} ({why}); Newton-Schulz in {ns}; "
+            f"int8 on {int8}; a step {1000 * step_s:.0f} ms with its share of the evals; "
+            f"this config's run, max_iters={gpt.max_iters:,}: about {minutes:.1f} minutes")
 
 
 def bench_sampling(model, dev):
@@ -252,7 +275,7 @@ def main(gpt_args):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if train:
-            rows, ckpt = bench_training(gpt_args, tmp)
+            rows, ckpt, step_s = bench_training(gpt_args, tmp)
             model_args = ckpt['model_args']
         else:
             # random weights of the configured model, at its dataset's vocabulary size
@@ -265,6 +288,8 @@ def main(gpt_args):
     print('| measure | value |\n|---|---|')
     for name, value in rows:
         print(f"| {name} | {value} |")
+    if train:
+        print(f"\n{how_long_here(dev, step_s)}")
 
 
 if __name__ == '__main__':

@@ -581,6 +581,7 @@ class State:
     best_iter: int = 0  # the step of that estimate: the step best.pt holds
     lr: float = 0.0  # this step's learning rate
     tokens_per_iter: int = 0  # tokens in one optimizer step, over all processes
+    eval_s: float = 0.0  # how long the last eval took: the progress line's eta counts the evals left
     flops_per_iter: float = 0.0  # the training FLOPs of a step, for the MFU estimate
     ckpt: dict = None  # the checkpoint resumed from, or None
     lora: dict = None  # a LoRA run's rank, alpha and quantize, or None
@@ -701,8 +702,10 @@ def train(run, raw_model, optimizers, data, state):
             resumed_here = init_from == 'resume' and state.iter_num == start_iter
             due = state.iter_num % eval_interval == 0 or last_step
             if due and not resumed_here and not signum:
+                t_eval = time.time()
                 evaluate_and_save(run, model, raw_model, optimizers, data, state)
                 t0 = time.time()  # the eval is not training time for the next progress line
+                state.eval_s = t0 - t_eval
             if signum:
                 stop_on_signal(run, raw_model, optimizers, state, signum, state.iter_num > start_iter)
             if last_step:
@@ -845,7 +848,11 @@ def train_step(run, model, raw_model, optimizers, data, state):
 
 def log_progress(run, state, loss, dt):
     """The progress line and its row in log.csv; dt: a step's time, over the last log_interval."""
-    eta = (max_iters - state.iter_num) * dt
+    # what is left: the steps, and the evals still due, each as long as the last one
+    evals_left = max_iters // eval_interval - state.iter_num // eval_interval
+    if max_iters % eval_interval:
+        evals_left += 1  # the last step evaluates too
+    eta = (max_iters - state.iter_num) * dt + evals_left * state.eval_s
     if max_time > 0:
         eta = min(eta, max_time - state.train_time)
     mfu = ''

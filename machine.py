@@ -30,13 +30,31 @@ def pick_device(name):
     return name
 
 
-def cpu_flags(cpuinfo='/proc/cpuinfo'):
-    """This CPU's feature flags (avx2, avx512_bf16, amx_bf16, ...); none where there is no /proc/cpuinfo."""
+def read_cpuinfo(cpuinfo='/proc/cpuinfo'):
+    """The text of /proc/cpuinfo, or '' where there is none: the one place the project reads it."""
     try:
         with open(cpuinfo, encoding='utf-8', errors='replace') as f:
-            return set(f.read().split())
+            return f.read()
     except OSError:
-        return set()
+        return ''
+
+
+def cpu_flags(cpuinfo='/proc/cpuinfo'):
+    """This CPU's feature flags (avx2, avx512_bf16, amx_bf16, ...); none where there is no /proc/cpuinfo."""
+    return set(read_cpuinfo(cpuinfo).split())
+
+
+def cpu_name(cpuinfo='/proc/cpuinfo'):
+    """This CPU's model name, as lscpu gives it, and the flags that decide its roads here."""
+    name = 'a CPU'
+    for line in read_cpuinfo(cpuinfo).splitlines():
+        if line.startswith('model name'):
+            name = line.split(':', 1)[1].strip()
+            break
+    flags = cpu_flags(cpuinfo)
+    wanted = ('avx2', 'avx512f', 'avx512_bf16', 'avx512_vnni', 'avx_vnni', 'amx_bf16')
+    shown = [flag for flag in wanted if flag in flags]
+    return f"{name} ({' '.join(shown) or 'no AVX2'})"
 
 
 def autocast_dtype(dev_type, flags=None):

@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -136,6 +137,28 @@ def test_auto_dtype_on_a_cpu_follows_its_flags(tmp_path, flags, expected):
         cpuinfo.write_text(f'processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n')
     chosen, why = machine.autocast_dtype('cpu', machine.cpu_flags(str(cpuinfo)))
     assert chosen == expected and why
+
+
+def test_cpu_name_says_the_model_and_the_flags_that_choose_roads(tmp_path):
+    import machine
+    cpuinfo = tmp_path / 'cpuinfo'
+    cpuinfo.write_text('processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 avx512f avx512_bf16\n')
+    assert machine.cpu_name(str(cpuinfo)) == 'AMD EPYC 9R14 (avx2 avx512f avx512_bf16)'
+    assert machine.cpu_name(str(tmp_path / 'none')) == 'a CPU (no AVX2)'
+
+
+@pytest.mark.parametrize('max_iters, expected', [(100, 5 + 2 * 2), (110, 6 + 3 * 2)])
+def test_eta_counts_the_steps_and_the_evals_left(monkeypatch, capsys, max_iters, expected):
+    """At step 50 of max_iters, 0.1 s a step, every 25 steps an eval of 2 s: the steps left, plus the evals
+    still due (at 75 and 100; and at the last step when max_iters is no multiple of 25)."""
+    import gpt
+    for knob, value in (('max_iters', max_iters), ('eval_interval', 25), ('max_time', 0.0)):
+        monkeypatch.setattr(gpt, knob, value)
+    monkeypatch.setattr(gpt, 'write_csv', lambda *args, **kwargs: None)  # nothing written
+    state = gpt.State({}, {}, {}, {}, 'ckpt.pt', torch.Generator(), iter_num=50, tokens_per_iter=100,
+                      eval_s=2.0)
+    gpt.log_progress(types.SimpleNamespace(dev_type='cpu'), state, 1.0, 0.1)
+    assert capsys.readouterr().out.rstrip().endswith(f'eta {expected}s')
 
 
 def test_auto_dtype_line_says_what_this_cpu_got(proj):
