@@ -7,4 +7,4 @@
 from config.cpu_bpe import *  # BPE tokens, batch 16, one micro-batch a step, 30 warmup steps
 out_dir = 'out-speedrun'
 dropout = 0.1  # without it the model overfits Tiny Shakespeare after about 2,500 steps (docs/results.md)
-max_iters = 3800  # 233.6 s and 253.5 s in two sessions, 3.6x the config/nanogpt_cpu.py run just after each (README)
+max_iters = 3800  # 342 to 399 s on 2026-12-05, 3.8x to 5.2x config/nanogpt_cpu.py's time (README)
