@@ -621,8 +621,9 @@ def build_model(run, data):
     problem = prompt_problem(data.tok, prompt + state.template.get('sep', ''), T)
     if problem and not interactive:
         die(problem)
-    if stop_problem(data.tok, stop):
-        die(stop_problem(data.tok, stop))
+    problem = stop_problem(data.tok, stop)
+    if problem:
+        die(problem)
     model = GPT(**state.model_args)
     n_params = sum(p.numel() for p in model.parameters())
     run.log(f"model: {n_params / 1e6:.2f}M parameters, {state.model_args}")
@@ -698,7 +699,7 @@ def train(run, raw_model, optimizers, data, state):
             signum = int(signum)
             out_of_time = max_time > 0 and state.train_time >= max_time
             last_step = state.iter_num >= max_iters or out_of_time or signum
-            # evaluated before it stopped
+            # the step a run resumes at was evaluated before it was saved
             resumed_here = init_from == 'resume' and state.iter_num == start_iter
             due = state.iter_num % eval_interval == 0 or last_step
             if due and not resumed_here and not signum:
