@@ -857,8 +857,9 @@ def log_progress(run, state, loss, dt):
     if max_time > 0:
         eta = min(eta, max_time - state.train_time)
     mfu = ''
-    if peak_flops(run.dev_type):  # machine.py knows a few GPUs' peak
-        mfu = f", mfu {100 * state.flops_per_iter / dt / peak_flops(run.dev_type):.1f}%"
+    peak = peak_flops(run.dev_type)  # machine.py knows a few GPUs' peak
+    if peak:
+        mfu = f", mfu {100 * state.flops_per_iter / dt / peak:.1f}%"
     print(f"iter {state.iter_num}: loss {loss:.4f}, lr {state.lr:.2e}, {dt * 1000:.1f} ms/iter, "
           f"{state.tokens_per_iter / dt:,.0f} tok/s{mfu}, eta {eta:.0f}s")
     write_csv(run, state, 'train', loss, step_ms=dt * 1000)
