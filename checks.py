@@ -15,15 +15,19 @@ def die(msg):
 
 def problems(k, root, configured=()):
     """The messages for the knobs k (a namespace of gpt.py's knobs; root: gpt.py's folder;
-    configured: the names that a config file or the command line set) that cannot work."""
+    configured: the names that a config file or the command line set) that cannot work: values out
+    of range, then settings that don't fit together."""
+    return value_problems(k, root) + combination_problems(k, root, configured)
+
+
+def value_problems(k, root):
+    """Knobs whose own value can't work: sizes, amounts, rates, sampling, named choices."""
     choices = {'dtype': ('auto', 'float32', 'bfloat16', 'float16'),
                'optimizer': ('adamw', 'muon'),
                'schedule': ('cosine', 'wsd'),
                'weight_init': ('nanogpt', 'pytorch'),
                'quantize': ('', 'int8', 'nf4')}
     named = k.init_from in ('scratch', 'resume')
-    from_path = not named and os.path.exists(os.path.join(root, k.init_from))
-    writes = writes_out_dir(k) and from_path
     sizes = (k.n_layer, k.n_head, k.n_embd, k.block_size, k.batch_size, k.gradient_accumulation_steps,
              k.eval_interval, k.eval_iters, k.log_interval, k.num_samples)
     amounts = (k.max_iters, k.max_time, k.max_new_tokens, k.warmup_iters, k.lr_decay_iters, k.grad_clip,
@@ -44,23 +48,37 @@ def problems(k, root, configured=()):
         (0 < k.learning_rate and (not k.decay_lr or 0 <= k.min_lr <= k.learning_rate),
          "need 0 < learning_rate and 0 <= min_lr <= learning_rate "
          "(or --decay_lr=false: a constant rate)"),
+        (k.temperature >= 0, f"temperature must be >= 0 (0 is greedy), not {k.temperature}"),
+        (k.top_k >= 0, f"top_k must be >= 0 (0 keeps all tokens), not {k.top_k}"),
+        (0 < k.top_p <= 1, f"top_p must be in (0, 1], not {k.top_p}"),
+        (k.prompt != '', "prompt must not be empty (the default is a newline)"),
+        (k.lora_rank >= 0, f"lora_rank must be >= 0 (0 is off), not {k.lora_rank}"),
+        (k.lora_alpha > 0, f"lora_alpha must be > 0, not {k.lora_alpha}"),
+        (str(k.compile).lower() in ('auto', 'true', 'false'),
+         f"compile must be auto, true or false, not '{k.compile}'"),
+    ]
+    for name, allowed in choices.items():
+        value = getattr(k, name)
+        listed = ', '.join(map(repr, allowed))
+        checks.append((value in allowed, f"{name} must be one of {listed}, not {value!r}"))
+    return [message for ok, message in checks if not ok]
+
+
+def combination_problems(k, root, configured=()):
+    """Settings that don't fit together, or that would write over what a run depends on."""
+    named = k.init_from in ('scratch', 'resume')
+    from_path = not named and os.path.exists(os.path.join(root, k.init_from))
+    writes = writes_out_dir(k) and from_path
+    checks = [
         (k.decay_lr or 'min_lr' not in configured,
          "min_lr is where the decay ends, and decay_lr=False has no decay: leave one of them out"),
         (not (k.weight_init == 'pytorch' and k.tie_weights and k.init_from == 'scratch'),
          "weight_init='pytorch' with a tied head starts at a loss near 31 (the embedding's N(0, 1) "
          "init feeds the head): add --tie_weights=false, as the lecture's parts do"),
-        (k.temperature >= 0, f"temperature must be >= 0 (0 is greedy), not {k.temperature}"),
-        (k.top_k >= 0, f"top_k must be >= 0 (0 keeps all tokens), not {k.top_k}"),
-        (0 < k.top_p <= 1, f"top_p must be in (0, 1], not {k.top_p}"),
-        (k.prompt != '', "prompt must not be empty (the default is a newline)"),
-        (str(k.compile).lower() in ('auto', 'true', 'false'),
-         f"compile must be auto, true or false, not '{k.compile}'"),
         (not (k.rope and k.pos) or k.n_embd // max(k.n_head, 1) % 2 == 0,
          "rope needs an even head size, n_embd // n_head"),
         (not (k.relu and k.relu2),
          "relu and relu2 are two choices of one activation: set one of them"),
-        (k.lora_rank >= 0, f"lora_rank must be >= 0 (0 is off), not {k.lora_rank}"),
-        (k.lora_alpha > 0, f"lora_alpha must be > 0, not {k.lora_alpha}"),
         (not k.lora_rank or k.init_from != 'scratch',
          "lora_rank > 0 adapts a trained model: --init_from=its checkpoint"),
         (not k.eval_only or k.init_from != 'scratch',
@@ -76,10 +94,6 @@ def problems(k, root, configured=()):
          f"--init_from={k.init_from} lies in this run's --out_dir={k.out_dir}, which the run writes: "
          f"give another --out_dir, so that the model it starts from stays as it is"),
     ]
-    for name, allowed in choices.items():
-        value = getattr(k, name)
-        listed = ', '.join(map(repr, allowed))
-        checks.append((value in allowed, f"{name} must be one of {listed}, not {value!r}"))
     return [message for ok, message in checks if not ok]
 
 
