@@ -31,6 +31,7 @@ import gpt
 import machine
 import muon
 import quant
+import roads
 from checkpoint import load_checkpoint
 from checks import die
 from configurator import configure, knobs
@@ -44,7 +45,6 @@ gen_repeats = 3  # timings per setting; the median is reported
 peak_flops = 0.0  # your device's peak FLOP/s, for an MFU estimate where gpt.py knows none (CPUs)
 profile = False  # True: where a training step's time goes, by part, instead of the benchmark
 profile_steps = 20  # optimizer steps timed by the profile (after 3 to warm up)
-ns_fp32 = False  # Muon's Newton-Schulz in fp32 even on a CPU with native bf16 (to compare the two)
 # -----------------------------------------------------------------------------
 
 
@@ -94,24 +94,18 @@ def bench_training(gpt_args, tmp):
     return rows, ckpt, step_with_evals
 
 
-def how_long_here(dev, step_s):
-    """The line that says what this machine is, the roads it takes, and how long this config's
-    whole run takes here (training and its evals, at the budget's pace)."""
-    dtype, why = gpt.dtype, 'as asked'
-    if dtype == 'auto':
-        dtype, why = machine.autocast_dtype(dev.split(':')[0])
-    int8 = 'the fp32 road'
-    if quant.int8_kernel_is_exact():
-        int8 = 'the int8 kernel'
+def how_long_here(dev, step_s, taken, int8):
+    """The line that says what this machine is, the roads it takes (taken: the run's checkpoint's,
+    int8: roads.int8's line), and how long this config's whole run takes here (training and its
+    evals, at the budget's pace)."""
     what = 'this machine'
     if dev == 'cpu':
         what = f"{machine.cpu_name()}, {torch.get_num_threads()} threads"
     minutes = gpt.max_iters * step_s / 60
     if gpt.max_time > 0:
         minutes = min(minutes, gpt.max_time / 60)
-    ns = muon.NS_DTYPE.get(dev.split(':')[0], torch.float32)
-    return (f"here: {what}; dtype {dtype} ({why}); Newton-Schulz in {ns}; "
-            f"int8 on {int8}; a step {1000 * step_s:.0f} ms with its share of the evals; "
+    return (f"here: {what}; dtype {taken['dtype']}; Newton-Schulz in {taken['newton_schulz']}; "
+            f"{int8}; a step {1000 * step_s:.0f} ms with its share of the evals; "
             f"this config's run, max_iters={gpt.max_iters:,}: about {minutes:.1f} minutes")
 
 
@@ -122,6 +116,7 @@ def bench_sampling(model, dev):
     for kind in ('int8', 'nf4'):
         models[kind] = copy.deepcopy(model)
         quant.quantize_model(models[kind], kind)
+    int8 = roads.int8(models['int8'])  # the faster of its roads here
     prompt = torch.zeros((1, 1), dtype=torch.long, device=dev)
     settings = [('fp32', True), ('fp32', False), ('int8', True), ('nf4', True)]
     times = {s: [] for s in settings}
@@ -152,17 +147,14 @@ def bench_sampling(model, dev):
         if isinstance(q, quant.Int8Linear):
             d.weight.data = q.dequantize()
     greedy = [m.generate(prompt, gen_tokens, temperature=0) for m in (models['int8'], dequantized)]
-    road = "fp32 (this CPU's int8 kernel is not exact: no VNNI)"
-    if quant.int8_kernel_is_exact():
-        road = 'the int8 kernel (its int8 sums are exact on this CPU)'
-    rows.append(('int8 road on this CPU', road))
+    rows.append(('int8 road on this CPU (roads.py)', int8))
     same = 'yes'
     if not torch.equal(*greedy):
         same = f"no: from token {(greedy[0] != greedy[1]).nonzero()[0, 1]}"
     rows.append((f'int8: the same {gen_tokens} greedy tokens as its weights dequantized to fp32', same))
     rows.append(("this machine's copy bandwidth (256 MB clone, read + write)",
                  f"{2 * big.numel() * 4 / copy_s / 1e9:.1f} GB/s"))
-    return rows
+    return rows, int8
 
 
 class Stopwatch:
@@ -237,13 +229,12 @@ def profiled_step(watch, run, model, optimizers, data, state):
 
 def profile_training(dev):
     """Where a training step of the configured model goes, on the real data: a table by part."""
-    if ns_fp32:
-        muon.NS_DTYPE['cpu'] = torch.float32
-    run = machine.start_run(gpt.device, gpt.dtype)
+    run = machine.start_processes(gpt.device)
     data = gpt.load_data(gpt.dataset)
     with tempfile.TemporaryDirectory() as tmp:
         gpt.out_dir = tmp  # nothing is saved; this keeps make_optimizers from pointing at out/
         model, state = gpt.build_model(run, data)
+        gpt.choose_roads(run, model, data, state, trains=True)  # as gpt.py: the knobs, or timed here
         optimizers = gpt.make_optimizers(run, model, state)
     plain = []
     for i in range(3 + profile_steps):  # the step as gpt.py runs it, untimed inside
@@ -260,7 +251,8 @@ def profile_training(dev):
     step = (time.perf_counter() - t0) / profile_steps
     tokens = gpt.batch_size * model.block_size * gpt.gradient_accumulation_steps
     print(f"\nprofile: {state.model_args}, {tokens:,} tokens a step, device {dev}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, Newton-Schulz in {muon.NS_DTYPE['cpu']}")
+          f"{torch.get_num_threads()} threads, dtype {state.roads['dtype']}, "
+          f"Newton-Schulz in {state.roads['newton_schulz']}")
     print(f"a step: {1000 * statistics.median(plain[3:]):.1f} ms as gpt.py runs it (median of {profile_steps}), "
           f"{1000 * step:.1f} ms with the timers\n")
     print('| part | ms a step | share |\n|---|---|---|')
@@ -283,13 +275,14 @@ def main(gpt_args):
     model = gpt.GPT(**model_args).to(dev).eval()
     if train:
         model.load_state_dict(ckpt['model'])
-    rows += bench_sampling(model, dev)
+    sampling, int8 = bench_sampling(model, dev)
+    rows += sampling
     print(f"\nbench: {model_args}, device {dev}, torch {torch.__version__}")
     print('| measure | value |\n|---|---|')
     for name, value in rows:
         print(f"| {name} | {value} |")
     if train:
-        print(f"\n{how_long_here(dev, step_s)}")
+        print(f"\n{how_long_here(dev, step_s, ckpt['roads'], int8)}")
 
 
 if __name__ == '__main__':

@@ -18,6 +18,17 @@ except ImportError:
     fcntl = None
 
 
+def add_line(path, line, new=False):
+    """Add a line to a run's text file (log.csv), or start the file with it (new). A folder that
+    can't be written, or a full disk: one line, stop."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, 'w' if new else 'a') as f:
+            f.write(line + '\n')
+    except OSError as e:
+        die(f"cannot write {path} ({e.strerror or e}); give another --out_dir, or free some space")
+
+
 def write_atomic(files):
     """Write {path: bytes, or a function that writes to an open file}: each to a temp file,
     fsynced, and only when all are written, each renamed over its old copy, in order (a dataset's
@@ -162,6 +173,7 @@ def resume(state, k, configured, data, model_class, log=print):
     state.last_save = f"{state.ckpt_path} keeps step {state.iter_num}"
     state.train_time = ckpt.get('train_time', 0.0)
     state.lora = ckpt.get('lora')
+    state.roads = ckpt.get('roads')  # its precisions (roads.py); none in older checkpoints
     state.base = ckpt.get('base')
     if k.lora_rank and not state.lora:
         die(f"{state.ckpt_path} is not a LoRA run, so it cannot resume with lora_rank > 0; to add LoRA, "

@@ -26,7 +26,9 @@ def value_problems(k, root):
                'optimizer': ('adamw', 'muon'),
                'schedule': ('cosine', 'wsd'),
                'weight_init': ('nanogpt', 'pytorch'),
-               'quantize': ('', 'int8', 'nf4')}
+               'quantize': ('', 'int8', 'nf4'),
+               'newton_schulz': ('auto', 'float32', 'bfloat16'),
+               'int8_road': ('auto', 'float', 'kernel')}
     named = k.init_from in ('scratch', 'resume')
     sizes = (k.n_layer, k.n_head, k.n_embd, k.block_size, k.batch_size, k.gradient_accumulation_steps,
              k.eval_interval, k.eval_iters, k.log_interval, k.num_samples)
@@ -83,6 +85,10 @@ def combination_problems(k, root, configured=()):
          "lora_rank > 0 adapts a trained model: --init_from=its checkpoint"),
         (not k.eval_only or k.init_from != 'scratch',
          "eval_only needs a model: --init_from=resume or a checkpoint's path"),
+        (k.int8_road == 'auto' or k.quantize == 'int8',
+         f"int8_road chooses int8's matmul, and this run has quantize={k.quantize!r}: add --quantize=int8"),
+        (k.newton_schulz == 'auto' or k.optimizer == 'muon',
+         f"newton_schulz is Muon's precision, and this run has optimizer={k.optimizer!r}"),
         (not (k.interactive and k.eval_only),
          "interactive answers prompts, and eval_only samples nothing: choose one"),
         (not k.export or (not named and k.max_iters == 0 and not k.eval_only),

@@ -22,9 +22,10 @@ The lecture's names, and this file's (nanoGPT's) for the same things:
     position_embedding_table       GPT.wpe
     ln_f, lm_head                  the same
 
-Beside it: machine.py (device, CPU, torchrun, signals), checks.py (settings that can't work),
-checkpoint.py (files written whole, loading, resume), stream.py (printing samples), tokenizer.py; and
-the next steps, imported only where a knob asks: muon.py, quant.py, lora.py, instruct.py, gpt2.py.
+Beside it: machine.py (device, CPU, torchrun, signals), roads.py (precisions timed on this CPU),
+checks.py (settings that can't work), checkpoint.py (files written whole, loading, resume), stream.py
+(printing samples), tokenizer.py; and the next steps, imported only where a knob asks: muon.py,
+quant.py, lora.py, instruct.py, gpt2.py.
 """
 import math
 import os
@@ -41,13 +42,14 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint as recompute
 
-from checkpoint import claimed, load_checkpoint, restore_randomness, resume, save_checkpoint
+from checkpoint import add_line, claimed, load_checkpoint, restore_randomness, resume, save_checkpoint
 from checkpoint import start_from
 from checks import die, problems, prompt_problem, stop_problem, writes_out_dir
 from configurator import configure, knobs
 from machine import caught_signals, compile_and_wrap, finish_processes, flops_per_token, gather
-from machine import largest, peak_flops, start_run
+from machine import largest, peak_flops, set_precision, start_processes
 from prepare import load_prepared
+import roads
 from stream import Printer, prompts
 
 # -----------------------------------------------------------------------------
@@ -57,7 +59,7 @@ init_from = 'scratch'  # 'scratch', 'resume' (<out_dir>/ckpt.pt), a checkpoint, 
 eval_only = False  # with a loaded model: print the whole-split val loss and bpb, then exit
 export = False  # with init_from=PATH, max_iters=0: write its model (LoRA merged) to a new out_dir
 device = 'auto'  # 'auto' picks cuda, then mps, then cpu
-dtype = 'auto'  # 'auto': bf16 on GPUs that have it, else fp16 on CUDA; on CPUs see machine.py
+dtype = 'auto'  # 'auto': bf16 autocast on GPUs (fp16 on older CUDA); on a CPU, timed (roads.py)
 compile = 'auto'  # torch.compile the model: 'auto' means on CUDA only; true/false force it
 seed = 1337  # seeds the init, the batches, dropout and sampling: the same seed, the same run
 # model
@@ -86,6 +88,7 @@ weight_init = 'nanogpt'  # 'nanogpt': N(0, 0.02), projections smaller by depth; 
 # training
 optimizer = 'muon'  # 'muon': Muon for the blocks' matrices, AdamW for the rest; or 'adamw' for all
 muon_lr = 0.02  # Muon's peak rate (scaled by the same schedule)
+newton_schulz = 'auto'  # Muon's precision: 'float32', 'bfloat16', or 'auto' (timed on a CPU: roads.py)
 schedule = 'wsd'  # 'wsd': warmup, stable, then a linear decay; or 'cosine' decay after warmup
 batch_size = 8  # sequences per micro-step, per process
 gradient_accumulation_steps = 3  # micro-steps per optimizer step: a bigger batch, not more memory
@@ -106,6 +109,7 @@ log_interval = 50  # a progress line every this many steps
 # memory and fine-tuning
 gradient_checkpointing = False  # recompute blocks' activations in backward: less memory, more time
 quantize = ''  # '', 'int8' or 'nf4': the blocks' Linears to evaluate and sample (a LoRA base's)
+int8_road = 'auto'  # int8's matmul: 'float', 'kernel' (exact int8 sums), or 'auto' (timed: roads.py)
 lora_rank = 0  # > 0 (with init_from=PATH): train only a low-rank update B @ A of the blocks' Linears
 lora_alpha = 16.0  # the low-rank update is scaled by lora_alpha / lora_rank
 # sampling, after training
@@ -531,7 +535,7 @@ def save(run, model, optimizers, state, path=None):
     ckpt = {'model_type': 'gpt', 'model': weights, 'optimizer': [o.state_dict() for o in optimizers],
             'model_args': state.model_args, 'iter_num': state.iter_num, 'best_val_loss': state.best_val_loss,
             'best_iter': state.best_iter, 'train_time': state.train_time, 'config': state.config,
-            'tokenizer': state.tokenizer, 'template': state.template, 'rng': rng}
+            'tokenizer': state.tokenizer, 'template': state.template, 'rng': rng, 'roads': state.roads}
     if state.lora:
         ckpt['lora'] = state.lora
         ckpt['base'] = state.base
@@ -586,6 +590,7 @@ class State:
     ckpt: dict = None  # the checkpoint resumed from, or None
     lora: dict = None  # a LoRA run's rank, alpha and quantize, or None
     base: dict = None  # a LoRA run's base: {'path', 'sha256', 'from'}
+    roads: dict = None  # the precisions this run took (roads.py): a resumed run takes them again
     last_save: str = 'no checkpoint was written'  # what a fault leaves in place, said when it stops
 
 
@@ -640,6 +645,16 @@ def build_model(run, data):
     return model.to(run.dev), state
 
 
+def choose_roads(run, model, data, state, trains):
+    """The precisions of the forward passes and of Muon's Newton-Schulz (roads.py): as the knobs
+    ask, as a resumed run chose, or timed here on a batch (one sequence where the run only samples)."""
+    ix = data.train.random_starts((batch_size if trains else 1,), model.block_size, torch.Generator())
+    batch = get_batch(data.train, ix, model.block_size, run.dev)
+    asked = {'dtype': dtype, 'newton_schulz': newton_schulz}
+    muon_trains = optimizer == 'muon' and trains and not state.lora
+    state.roads = roads.choose(run, model, state.model_args, batch, asked, state.roads or {}, trains, muon_trains)
+
+
 def make_optimizers(run, model, state):
     """AdamW, with weight decay on the matrices it trains, plus Muon (no weight decay) for the
     blocks' matrices; only AdamW on a LoRA update. On resume, their state comes back."""
@@ -661,7 +676,7 @@ def make_optimizers(run, model, state):
         optimizers = [torch.optim.AdamW(groups, learning_rate, (beta1, beta2), fused=fused)]
         if muon_params:
             from muon import Muon
-            optimizers.append(Muon(muon_params, lr=muon_lr))
+            optimizers.append(Muon(muon_params, lr=muon_lr, ns_dtype=getattr(torch, state.roads['newton_schulz'])))
     ckpt = state.ckpt
     if ckpt is not None:
         if not ckpt['optimizer']:
@@ -783,8 +798,7 @@ def stop_on_signal(run, model, optimizers, state, signum, saved):
         save(run, model, optimizers, state)
         what = f"saved {state.ckpt_path}"
     run.log(f"{signal.Signals(signum).name} at step {state.iter_num}: {what}; continue with the same "
-            f"command and "
-            f"--init_from=resume")
+            f"command and --init_from=resume")
     finish_processes(run)
     sys.exit(128 + signum)
 
@@ -879,14 +893,8 @@ def write_csv(run, state, kind, train_loss='', val_loss='', val_bpb='', step_ms=
            f"{state.lr:.6g},{','.join(cells)}")
     if kind == 'header':
         row = LOG_COLUMNS
-    path = os.path.join(ROOT, out_dir, 'log.csv')
-    try:
-        if run.master:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, 'w' if kind == 'header' else 'a') as f:
-                f.write(row + '\n')
-    except OSError as e:
-        die(f"cannot write {path} ({e.strerror or e}); give another --out_dir, or free some space")
+    if run.master:
+        add_line(os.path.join(ROOT, out_dir, 'log.csv'), row, new=kind == 'header')  # checkpoint.py
 
 
 def inference_model(model, state):
@@ -900,6 +908,8 @@ def inference_model(model, state):
     if quantize and not qlora:
         from quant import quantize_model
         print(quantize_model(model, quantize))  # how much smaller the weights became
+    if quantize == 'int8':
+        print(roads.int8(model, int8_road))  # which of int8's roads, and why
     return model.eval()
 
 
@@ -965,10 +975,11 @@ def main():
     writes = writes_out_dir(k) and first_process
     with claimed(os.path.join(ROOT, out_dir) if writes else None):
         # machine.py: one process or torchrun's; device and precision
-        run = start_run(device, dtype)
+        run = start_processes(device)
         model, state = build_model(run, data)  # scratch, resume, or a checkpoint to fine-tune
         # max_iters=0 (or eval_only) with a loaded model: no training, only what follows
         trains = max_iters > 0 and not eval_only
+        choose_roads(run, model, data, state, trains)  # the precisions: as asked, or timed here
         if trains:
             optimizers = make_optimizers(run, model, state)
             restore_randomness(run, state)

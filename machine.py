@@ -1,7 +1,7 @@
 """
-The machine a run is on, for bigram.py, gpt.py and muon.py: the device (cuda, then mps, then cpu),
-what this CPU computes fast (the one reader of /proc/cpuinfo), the processes of a torchrun launch,
-and the signals that stop a run. None of it is a GPT's idea, so gpt.py calls it and reads on. It
+The machine a run is on, for bigram.py, gpt.py and roads.py: the device (cuda, then mps, then cpu),
+which CPU it is (the one reader of /proc/cpuinfo), the precision of a run, the processes of a
+torchrun launch, and the signals that stop a run. None of it is a GPT's idea, so gpt.py calls it and reads on. It
 never imports gpt.
 """
 import gc
@@ -45,7 +45,8 @@ def cpu_flags(cpuinfo='/proc/cpuinfo'):
 
 
 def cpu_name(cpuinfo='/proc/cpuinfo'):
-    """This CPU's model name, as lscpu gives it, and the flags that decide its roads here."""
+    """This CPU's model name, as lscpu gives it, and the flags that tell its class (roads.py times the
+    roads themselves)."""
     name = 'a CPU'
     for line in read_cpuinfo(cpuinfo).splitlines():
         if line.startswith('model name'):
@@ -55,32 +56,6 @@ def cpu_name(cpuinfo='/proc/cpuinfo'):
     wanted = ('avx2', 'avx512f', 'avx512_bf16', 'avx512_vnni', 'avx_vnni', 'amx_bf16')
     shown = [flag for flag in wanted if flag in flags]
     return f"{name} ({' '.join(shown) or 'no AVX2'})"
-
-
-def autocast_dtype(dev_type, flags=None):
-    """dtype='auto': the precision a run computes in, and why. On CUDA bf16 autocast (fp16 where
-    the GPU lacks bf16); on a CPU bf16 only where it measured faster than float32
-    (docs/profile.md): AVX512-BF16 without AMX. Elsewhere a CPU emulates bf16, slower than
-    float32."""
-    if dev_type == 'cuda':
-        if torch.cuda.is_bf16_supported():
-            return 'bfloat16', 'GPU autocast'
-        return 'float16', 'GPU autocast'
-    if dev_type != 'cpu':
-        return 'float32', 'MPS default'
-    flags = cpu_flags() if flags is None else flags
-    if 'amx_bf16' in flags:
-        return 'float32', 'bf16 autocast measured slower on CPUs with AMX'
-    if 'avx512_bf16' in flags:
-        return 'bfloat16', 'autocast: measured faster than float32 on CPUs with AVX512-BF16; --dtype=float32 for exact'
-    return 'float32', 'no bf16 hardware'
-
-
-def bf16_matmul_is_native(flags=None):
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16, or AMX): there Muon's
-    Newton-Schulz runs in bf16, as Muon's reference does on GPUs."""
-    flags = cpu_flags() if flags is None else flags
-    return 'avx512_bf16' in flags or 'amx_bf16' in flags
 
 
 def flops_per_token(n_params, n_layer, n_embd, block_size):
@@ -111,8 +86,8 @@ class Processes:
     world_size: int  # how many processes
     dev: str  # 'cpu', 'mps' or 'cuda:N'
     dev_type: str  # 'cpu', 'mps' or 'cuda'
-    ctx: object = None  # start_run(): autocast in the run's precision, or a nullcontext
-    scaler: object = None  # start_run(): fp16's gradient scaler (off in other precisions)
+    ctx: object = nullcontext()  # set_precision(): autocast in the run's precision, or a nullcontext
+    scaler: object = None  # set_precision(): fp16's gradient scaler (off in other precisions)
 
     @property
     def master(self):
@@ -145,15 +120,10 @@ def start_processes(device):
     return Processes(ddp, rank, local_rank, world_size, dev, dev_type)
 
 
-def start_run(device, dtype):
-    """The processes (start_processes), the device, and the precision: ctx runs the forward
-    passes in it (dtype 'auto': autocast_dtype()), scaler scales fp16's gradients. Says which,
+def set_precision(run, ptdtype, why):
+    """The precision of the run's forward passes (roads.precision chooses it): run.ctx runs them
+    in it (autocast, or a nullcontext for float32), run.scaler scales fp16's gradients. Says which,
     and why."""
-    run = start_processes(device)
-    why = 'as asked'
-    ptdtype = dtype
-    if dtype == 'auto':
-        ptdtype, why = autocast_dtype(run.dev_type)
     run.log(f"device: {run.dev}, dtype: {ptdtype} ({why})")
     run.ctx = nullcontext()
     if ptdtype != 'float32':
@@ -161,7 +131,6 @@ def start_run(device, dtype):
     run.scaler = torch.amp.GradScaler(run.dev_type, enabled=ptdtype == 'float16')
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for float32 work on GPUs
     torch.backends.cudnn.allow_tf32 = True
-    return run
 
 
 def gather(procs, t):

@@ -6,15 +6,6 @@ optimizer asks for it (the lecture's optimizer='adamw' never does).
 """
 import torch
 
-from machine import bf16_matmul_is_native
-
-# Newton-Schulz's precision by device type (others: fp32). On a CPU with bf16 in hardware it
-# ran 1.6x faster in bf16 (2-core AMD EPYC with AVX512-BF16, 2026-11-26: docs/profile.md), the
-# update within 3% of the fp32 one; elsewhere bf16 is emulated, slower.
-NS_DTYPE = {'cpu': torch.float32}
-if bf16_matmul_is_native():
-    NS_DTYPE['cpu'] = torch.bfloat16
-
 
 def newton_schulz(G, steps=5):
     """The nearest semi-orthogonal matrix to G, approximately: all
@@ -32,10 +23,13 @@ def newton_schulz(G, steps=5):
 
 class Muon(torch.optim.Optimizer):
     """Momentum, then orthogonalize the update: every direction of a weight
-    matrix moves at the same rate."""
+    matrix moves at the same rate. ns_dtype: Newton-Schulz's precision. bf16 gives the update
+    within 5% of float32's (tested), and on a CPU with bf16 in hardware ran 1.6x faster (2-core
+    AMD EPYC with AVX512-BF16, 2026-11-26: docs/profile.md); roads.py times the two."""
 
-    def __init__(self, params, lr=0.02, momentum=0.95):
+    def __init__(self, params, lr=0.02, momentum=0.95, ns_dtype=torch.float32):
         super().__init__(params, dict(lr=lr, momentum=momentum))
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self):
@@ -46,5 +40,5 @@ class Muon(torch.optim.Optimizer):
                 buf = self.state[p].setdefault('momentum_buffer', torch.zeros_like(p))
                 buf.lerp_(p.grad, 1 - group['momentum'])
                 g = p.grad.lerp(buf, group['momentum'])  # Nesterov momentum
-                update = newton_schulz(g.to(NS_DTYPE.get(p.device.type, torch.float32)))
+                update = newton_schulz(g.to(self.ns_dtype))
                 p.add_(update.to(p.dtype), alpha=-group['lr'] * max(1.0, p.size(0) / p.size(1)) ** 0.5)

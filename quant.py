@@ -29,13 +29,16 @@ class QuantizedLinear(nn.Module):
 class Int8Linear(QuantizedLinear):
     """A Linear whose weight is int8 with one absmax scale per output row: w ~ code * absmax / 127.
 
-    Weight-only: the activations stay as they are, and every path computes x @ dequantize()^T
-    (plus the bias). On a CPU whose int8 matmul is exact (int8_kernel_is_exact: VNNI),
-    evaluating and sampling take a faster road to the same numbers: each token's row of x
-    becomes 22-bit integer codes with its own scale (rounding at 2**-21 of the row's largest
-    value, about fp32's own precision), cut into three int8 pieces, and one int8 matmul against
-    the codes reads the weights once for all three. Elsewhere, and wherever gradients flow (LoRA
-    on an int8 base): the codes as floats, then the scales."""
+    Weight-only: the activations stay as they are, and both of its roads compute x @ dequantize()^T
+    (plus the bias). The 'float' road (everywhere, and wherever gradients flow: LoRA on an int8
+    base) multiplies by the codes as floats, then the scales. The 'kernel' road, for evaluating and
+    sampling on a CPU whose int8 matmul sums exactly (int8_kernel_is_exact: VNNI, AMX), reaches the
+    same numbers by int8 matmul: each token's row of x becomes 22-bit integer codes with its own
+    scale (rounding at 2**-21 of the row's largest value, about fp32's own precision), cut into
+    three int8 pieces, and one int8 matmul against the codes reads the weights once for all three.
+    roads.int8() times the two on this machine and sets `road`."""
+
+    road = 'float'  # or 'kernel': roads.int8() chooses
 
     def __init__(self, linear):
         super().__init__(linear)
@@ -48,28 +51,29 @@ class Int8Linear(QuantizedLinear):
         return self.qweight.float() * self.scale[:, None]
 
     def forward(self, x):
-        if torch.is_grad_enabled() or x.device.type != 'cpu' or not int8_kernel_is_exact():
+        if self.road != 'kernel' or torch.is_grad_enabled() or x.device.type != 'cpu':
             # the scale is per output
             y = F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
             return y if self.bias is None else y + self.bias.to(x.dtype)
         rows = x.reshape(-1, self.in_features).float()  # (N, in): a token a row
         x_scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / (2**21 - 1)  # (N, 1)
         # in [-2**21, 2**21): hi * 2**14 + mid * 2**7 + lo
-        codes = torch.round(rows / x_scale).int()
-        # (3, N, in): hi in [-128, 127], mid, lo in [0, 127]
+        codes = torch.round(rows / x_scale).int().view(1, -1)  # (1, N * in)
+        # (3, N * in): hi in [-128, 127], mid, lo in [0, 127]
         pieces = ((codes >> SHIFTS) & MASKS).to(torch.int8)
         # (3N, out), exact int32
         sums = torch._int_mm(pieces.view(-1, self.in_features), self.qweight.t())
-        # (N, out)
-        y = (sums.view(3, len(rows), -1).float() * PLACES).sum(0) * (x_scale * self.scale)
+        # (1, N * out): the three pieces' sums, each at its place
+        y = torch.mm(PLACES, sums.view(3, -1).float())
+        y = y.view(len(rows), self.out_features) * (x_scale * self.scale)  # (N, out)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
-SHIFTS = torch.tensor([14, 7, 0], dtype=torch.int32).view(3, 1, 1)  # where each piece of a code starts
-MASKS = torch.tensor([-1, 127, 127], dtype=torch.int32).view(3, 1, 1)  # the top piece keeps the sign
-PLACES = torch.tensor([2.0**14, 2.0**7, 1.0]).view(3, 1, 1)  # what each piece's sums are worth
+SHIFTS = torch.tensor([14, 7, 0], dtype=torch.int32).view(3, 1)  # where each piece of a code starts
+MASKS = torch.tensor([-1, 127, 127], dtype=torch.int32).view(3, 1)  # the top piece keeps the sign
+PLACES = torch.tensor([[2.0**14, 2.0**7, 1.0]])  # (1, 3): what each piece's sums are worth
 
 
 @functools.cache
@@ -77,7 +81,7 @@ def int8_kernel_is_exact():
     """Does torch._int_mm (oneDNN) sum int8 products exactly on this CPU? With VNNI
     (AVX512-VNNI, AVX-VNNI, AMX) it does. Without (AVX2, AVX-512 before VNNI) it adds pairs
     of products in 16 bits, which overflow on large codes (255 * 127 * 2 > 32767) and give
-    wrong sums, so Int8Linear takes its fp32 road there. Asked of the kernel itself, on the
+    wrong sums, so Int8Linear takes its float road there. Asked of the kernel itself, on the
     largest codes, for one row and for many."""
     g = torch.Generator().manual_seed(0)
     b = (torch.randint(0, 2, (48, 256), generator=g) * 254 - 127).to(torch.int8)  # +-127

@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -24,6 +25,9 @@ sys.path.insert(0, REPO)  # so the tests import the real prepare, configurator, 
 SHAKESPEARE = os.path.join(REPO, '..', 'shared', 'data', 'tinyshakespeare', 'input.txt')
 
 from configurator import configure  # noqa: E402
+
+# roads.py keeps what it timed in a file: the tests' own, never the user's ~/.cache (roads.CACHE reads this)
+os.environ.setdefault('MINIGPT_ROADS', os.path.join(tempfile.mkdtemp(prefix='roads-'), 'roads.json'))
 
 # a small corpus with non-ASCII characters, long enough for block_size 32 in both splits
 CORPUS = ("First Citizen: Before we proceed any further, hear me speak.\n"

@@ -124,21 +124,6 @@ def test_mixed_precision_paths_run_on_cpu(proj, dtype):
     assert float(re.search(r'whole-split val loss ([\d.]+)', r.stdout).group(1)) < 4.5
 
 
-@pytest.mark.parametrize('flags, expected', [
-    ('fpu avx512f avx512_bf16 avx512_vnni', 'bfloat16'),  # AMD EPYC (Zen 4/5): bf16 autocast measured faster
-    ('fpu avx512f avx512_bf16 amx_bf16 amx_tile', 'float32'),  # Xeon with AMX: measured slower end to end
-    ('fpu avx2 fma', 'float32'),  # no bf16 hardware
-    (None, 'float32'),  # no /proc/cpuinfo (not Linux)
-])
-def test_auto_dtype_on_a_cpu_follows_its_flags(tmp_path, flags, expected):
-    import machine
-    cpuinfo = tmp_path / 'cpuinfo'
-    if flags is not None:
-        cpuinfo.write_text(f'processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n')
-    chosen, why = machine.autocast_dtype('cpu', machine.cpu_flags(str(cpuinfo)))
-    assert chosen == expected and why
-
-
 def test_cpu_name_says_the_model_and_the_flags_that_choose_roads(tmp_path):
     import machine
     cpuinfo = tmp_path / 'cpuinfo'
@@ -159,13 +144,6 @@ def test_eta_counts_the_steps_and_the_evals_left(monkeypatch, capsys, max_iters,
                       eval_s=2.0)
     gpt.log_progress(types.SimpleNamespace(dev_type='cpu'), state, 1.0, 0.1)
     assert capsys.readouterr().out.rstrip().endswith(f'eta {expected}s')
-
-
-def test_auto_dtype_line_says_what_this_cpu_got(proj):
-    import machine
-    r = run(proj, 'gpt.py', *TINY, '--max_iters=0', '--max_new_tokens=0', '--device=cpu')
-    chosen, why = machine.autocast_dtype('cpu')
-    assert f'device: cpu, dtype: {chosen} ({why})' in r.stdout
 
 
 def test_modern_switches_train_and_resume(proj):

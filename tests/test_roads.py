@@ -1,0 +1,152 @@
+"""roads.py: the precisions and int8's road, chosen by timing them here, kept per machine and shape,
+taken again on resume, and overridden by the knobs; every road forced, on this CPU."""
+import hashlib
+import json
+import re
+import time
+
+import pytest
+import torch
+
+from conftest import TINY, one_line_error, run
+import roads
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A test's own, empty cache file."""
+    path = tmp_path / 'cache' / 'roads.json'
+    monkeypatch.setattr(roads, 'CACHE', str(path))
+    return path
+
+
+def sleeper(seconds):
+    return lambda: time.sleep(seconds)
+
+
+def test_fastest_times_every_candidate():
+    times = roads.fastest({'slow': sleeper(0.03), 'quick': sleeper(0.001)}, budget_s=0.2)
+    assert set(times) == {'slow', 'quick'} and times['quick'] < 0.02 <= times['slow']
+
+
+@pytest.mark.parametrize('measured, margin, expected', [
+    ({'float32': 1.0, 'bfloat16': 0.8}, roads.MARGIN, 'bfloat16'),  # 25% faster: taken
+    ({'float32': 1.0, 'bfloat16': 0.95}, roads.MARGIN, 'float32'),  # 5% faster: within the margin, exact stays
+    ({'float32': 1.0, 'bfloat16': 1.3}, roads.MARGIN, 'float32'),
+    ({'float32': 1.0, 'bfloat16': 0.95}, 1.0, 'bfloat16'),  # two exact roads: the faster, by any margin
+])
+def test_decide_takes_the_exact_road_unless_another_is_faster_by_the_margin(cache, monkeypatch, measured, margin,
+                                                                            expected):
+    monkeypatch.setattr(roads, 'fastest', lambda candidates: measured)
+    road, why = roads.decide('k', dict.fromkeys(measured), 'float32', False, margin)
+    assert road == expected and why.startswith('measured now: float32 1000.0 ms, bfloat16')
+
+
+def test_only_a_run_that_trains_keeps_what_it_timed_and_the_next_run_takes_it(cache, monkeypatch):
+    monkeypatch.setattr(roads, 'fastest', lambda candidates: {'float32': 1.0, 'bfloat16': 0.5})
+    assert roads.decide('k', dict.fromkeys(['float32', 'bfloat16']), 'float32', False)[0] == 'bfloat16'
+    assert not cache.exists()  # sampling and evaluation write nothing
+    roads.decide('k', dict.fromkeys(['float32', 'bfloat16']), 'float32', True)
+    kept = json.loads(cache.read_text())
+    assert [answer['road'] for answer in kept.values()] == ['bfloat16'] and roads.machine_key() in next(iter(kept))
+    monkeypatch.setattr(roads, 'fastest', lambda candidates: {'float32': 0.5, 'bfloat16': 1.0})
+    road, why = roads.decide('k', dict.fromkeys(['float32', 'bfloat16']), 'float32', True)
+    assert road == 'bfloat16' and why.startswith('measured here on 20')  # the same machine takes the same road
+    assert roads.decide('other shape', dict.fromkeys(['float32', 'bfloat16']), 'float32', False)[0] == 'float32'
+
+
+def test_a_damaged_cache_is_timed_again_and_an_unwritable_one_is_said(cache, monkeypatch, capsys):
+    monkeypatch.setattr(roads, 'fastest', lambda candidates: {'float32': 1.0, 'bfloat16': 0.5})
+    cache.parent.mkdir()
+    cache.write_text('{not json')
+    assert roads.decide('k', dict.fromkeys(['float32', 'bfloat16']), 'float32', True)[1].startswith('measured now')
+    assert len(json.loads(cache.read_text())) == 1
+    monkeypatch.setattr(roads, 'CACHE', str(cache / 'inside a file'))
+    assert roads.decide('k', dict.fromkeys(['float32', 'bfloat16']), 'float32', True)[0] == 'bfloat16'
+    assert 'could not keep the measured roads' in capsys.readouterr().out
+
+
+def test_precision_times_this_model_and_leaves_its_gradients_and_rng_alone(cache):
+    import gpt
+    torch.manual_seed(0)
+    model = gpt.GPT(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.1)
+    x = torch.randint(50, (4, 16))
+    before = torch.get_rng_state()
+    for trains in (False, True):
+        road, why = roads.precision('cpu', model, {'n_layer': 1}, (x, x), trains=trains)
+        assert road in ('float32', 'bfloat16') and why.startswith('measured now: float32')
+        assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), before)
+    assert len(json.loads(cache.read_text())) == 1  # the training micro-step's; the forward pass kept nothing
+    assert roads.precision('cpu', model, {}, (x, x), 'float32', 'bfloat16') == ('float32', 'as asked')
+    assert roads.precision('cpu', model, {}, (x, x), 'auto', 'bfloat16') == ('bfloat16', 'as this run chose when it started')
+    assert roads.precision('mps', model, {}, (x, x)) == ('float32', 'MPS default')
+
+
+def test_newton_schulz_is_timed_on_muons_shapes(cache):
+    road, why = roads.newton_schulz('cpu', [(32, 32), (96, 32), (32, 32)], write=True)
+    assert road in ('float32', 'bfloat16') and re.search(r'float32 [\d.]+ ms, bfloat16 [\d.]+ ms', why)
+    assert '[(32, 32), (96, 32)]' in next(iter(json.loads(cache.read_text())))
+    assert roads.newton_schulz('cpu', []) == ('float32', 'no Muon in this run')
+    assert roads.newton_schulz('cuda', [(32, 32)]) == ('float32', 'float32 off the CPU')
+    assert roads.newton_schulz('cpu', [(32, 32)], 'bfloat16') == ('bfloat16', 'as asked')
+
+
+def test_a_run_says_its_roads_keeps_them_and_a_resumed_run_takes_them_again(proj, cache, monkeypatch):
+    """A run times its roads and says so; the next run of the same shapes on this machine takes the kept answer;
+    a resumed run takes its own roads even where this machine would now choose otherwise; sampling writes nothing."""
+    monkeypatch.setattr(roads, 'fastest', lambda candidates: {name: 1.0 - 0.5 * (name == 'bfloat16')
+                                                              for name in candidates})
+    first = run(proj, 'gpt.py', *TINY, '--max_iters=10', '--optimizer=muon')
+    assert first.returncode == 0, first.stderr
+    assert 'device: cpu, dtype: bfloat16 (measured now: float32 1000.0 ms, bfloat16 500.0 ms)' in first.stdout
+    assert 'Newton-Schulz in bfloat16 (measured now' in first.stdout
+    assert torch.load(proj / 'out' / 'ckpt.pt', weights_only=True)['roads'] == {'dtype': 'bfloat16',
+                                                                               'newton_schulz': 'bfloat16'}
+    again = run(proj, 'gpt.py', *TINY, '--max_iters=10', '--optimizer=muon', '--out_dir=again')
+    assert 'dtype: bfloat16 (measured here on 20' in again.stdout
+    cache.unlink()
+    monkeypatch.setattr(roads, 'fastest', lambda candidates: {name: 1.0 + (name == 'bfloat16') for name in candidates})
+    resumed = run(proj, 'gpt.py', *TINY, '--max_iters=20', '--optimizer=muon', '--init_from=resume')
+    assert resumed.returncode == 0, resumed.stderr
+    assert 'dtype: bfloat16 (as this run chose when it started)' in resumed.stdout
+    assert 'Newton-Schulz in bfloat16 (as this run chose when it started)' in resumed.stdout
+    hashes = {f: hashlib.sha256(f.read_bytes()).hexdigest() for f in (proj / 'out').iterdir()}
+    sampled = run(proj, 'gpt.py', *TINY, '--init_from=resume', '--max_iters=0')
+    assert 'dtype: bfloat16 (as this run chose when it started)' in sampled.stdout
+    assert hashes == {f: hashlib.sha256(f.read_bytes()).hexdigest() for f in (proj / 'out').iterdir()}
+    assert not cache.exists()
+
+
+@pytest.mark.parametrize('dtype, ns', [('float32', 'bfloat16'), ('bfloat16', 'float32')])
+def test_every_precision_can_be_forced(proj, cache, dtype, ns):
+    r = run(proj, 'gpt.py', *TINY, '--max_iters=10', '--optimizer=muon', f'--dtype={dtype}', f'--newton_schulz={ns}')
+    assert r.returncode == 0, r.stderr
+    assert f'dtype: {dtype} (as asked)' in r.stdout and f'Newton-Schulz in {ns} (as asked)' in r.stdout
+    assert float(re.search(r'whole-split val loss ([\d.]+)', r.stdout).group(1)) < 4.5
+    assert not cache.exists()  # nothing was timed
+
+
+def test_the_road_knobs_are_refused_where_they_would_be_ignored(proj):
+    assert 'add --quantize=int8' in one_line_error(run(proj, 'gpt.py', *TINY, '--int8_road=kernel'))
+    assert "optimizer='adamw'" in one_line_error(run(proj, 'gpt.py', *TINY, '--optimizer=adamw',
+                                                     '--newton_schulz=float32'))
+    assert 'must be one of' in one_line_error(run(proj, 'gpt.py', *TINY, '--int8_road=fast'))
+
+
+@pytest.mark.parametrize('asked', ['auto', 'float', 'kernel'])
+def test_int8_takes_the_road_asked_or_timed_and_says_which(trained, asked):
+    import quant
+    proj, _ = trained
+    r = run(proj, 'gpt.py', *TINY, '--init_from=resume', '--eval_only=true', '--quantize=int8', f'--int8_road={asked}')
+    assert r.returncode == 0, r.stderr
+    line = re.search(r'^int8 on the (\w+) road \((.*)\)$', r.stdout, re.M)
+    exact = quant.int8_kernel_is_exact()
+    if asked == 'auto' and exact:
+        assert line.group(1) in ('float', 'kernel') and line.group(2).startswith('measured now: float')
+    elif asked == 'auto':
+        assert line.groups() == ('float', 'this CPU does not sum int8 exactly')
+    elif asked == 'kernel' and not exact:  # an AVX2 CPU, or oneDNN held to AVX2: never a wrong sum
+        assert line.groups() == ('float', 'the kernel was asked, but this CPU does not sum int8 exactly')
+    else:
+        assert line.groups() == (asked, 'as asked')
