@@ -18,9 +18,21 @@ except ImportError:
     fcntl = None
 
 
-def add_line(path, line, new=False):
-    """Add a line to a run's text file (log.csv), or start the file with it (new). A folder that
-    can't be written, or a full disk: one line, stop."""
+# gpt.py's log.csv; plot.py and look.py read it. Older logs end before step_ms, or val_bpb, or grad_norm.
+LOG_COLUMNS = ['kind', 'iter', 'tokens', 'time_s', 'lr', 'train_loss', 'val_loss', 'val_bpb', 'step_ms',
+               'grad_norm', 'clipped', 'update_ratio']
+
+
+def log_row(path, values, new=False):
+    """Add a row of values ({column: value}; a missing one is empty) to a log.csv, or start it with
+    its header (new). A folder that can't be written, or a full disk: one line, stop."""
+    line = ','.join(LOG_COLUMNS)
+    if not new:
+        cells = []
+        for column in LOG_COLUMNS:
+            value = values.get(column, '')
+            cells.append(f"{value:.6g}" if isinstance(value, float) else str(value))
+        line = ','.join(cells)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, 'w' if new else 'a') as f:

@@ -33,7 +33,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import numpy as np
@@ -42,7 +42,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint as recompute
 
-from checkpoint import add_line, claimed, load_checkpoint, restore_randomness, resume, save_checkpoint
+from checkpoint import claimed, log_row, load_checkpoint, restore_randomness, resume, save_checkpoint
 from checkpoint import start_from
 from checks import die, problems, prompt_problem, stop_problem, writes_out_dir
 from configurator import configure, knobs
@@ -586,6 +586,8 @@ class State:
     lr: float = 0.0  # this step's learning rate
     tokens_per_iter: int = 0  # tokens in one optimizer step, over all processes
     eval_s: float = 0.0  # how long the last eval took: the progress line's eta counts the evals left
+    norms: list = field(default_factory=list)  # the gradient norms of this log interval's steps
+    update_ratio: float = 0.0  # the last logged step's update, over the weights' size
     flops_per_iter: float = 0.0  # the training FLOPs of a step, for the MFU estimate
     ckpt: dict = None  # the checkpoint resumed from, or None
     lora: dict = None  # a LoRA run's rank, alpha and quantize, or None
@@ -764,7 +766,7 @@ def evaluate_and_save(run, model, raw_model, optimizers, data, state):
     if not math.isfinite(losses['train'] + losses['val']):
         die(f"the loss is not finite at step {state.iter_num}; not saved, {state.last_save}")
     val_bpb = losses['val'] / math.log(2) / data.bytes_per_token
-    write_csv(run, state, 'eval', losses['train'], losses['val'], val_bpb)
+    write_csv(run, state, 'eval', train_loss=losses['train'], val_loss=losses['val'], val_bpb=val_bpb)
     # as nanoGPT keeps its best model, but beside the latest; the model a fine-tune starts from is a
     # candidate
     if largest(run, losses['val'])[0] < state.best_val_loss:
@@ -849,15 +851,21 @@ def train_step(run, model, raw_model, optimizers, data, state):
     if largest(run, not math.isfinite(loss.item()))[0]:
         die(f"the loss is not finite at step {state.iter_num}; stopped, {state.last_save}. "
             f"Try a lower learning_rate")
-    if grad_clip > 0:
-        for opt in optimizers:
-            run.scaler.unscale_(opt)
-        trained = [p for p in raw_model.parameters() if p.requires_grad]
-        torch.nn.utils.clip_grad_norm_(trained, grad_clip)
+    for opt in optimizers:
+        run.scaler.unscale_(opt)  # the true gradients (fp16's are scaled), to measure and clip
+    trained = [p for p in raw_model.parameters() if p.requires_grad]
+    # the norm before clipping, for log.csv; grad_clip=0 measures it and clips nothing
+    state.norms.append(torch.nn.utils.clip_grad_norm_(trained, grad_clip or math.inf).item())
+    logged = (state.iter_num + 1) % log_interval == 0
+    if logged:  # the weights before this step, to size its update (log.csv's update_ratio)
+        before = [p.detach().clone() for p in trained]
     for opt in optimizers:
         run.scaler.step(opt)
         opt.zero_grad(set_to_none=True)
     run.scaler.update()
+    if logged:  # |the step's change| / |the weights|, over every trained tensor: 1e-3 is typical
+        change = sum((p.detach() - b).float().pow(2).sum() for p, b in zip(trained, before))
+        state.update_ratio = (change / sum(b.float().pow(2).sum() for b in before)).sqrt().item()
     return loss.item()
 
 
@@ -876,25 +884,22 @@ def log_progress(run, state, loss, dt):
         mfu = f", mfu {100 * state.flops_per_iter / dt / peak:.1f}%"
     print(f"iter {state.iter_num}: loss {loss:.4f}, lr {state.lr:.2e}, {dt * 1000:.1f} ms/iter, "
           f"{state.tokens_per_iter / dt:,.0f} tok/s{mfu}, eta {eta:.0f}s")
-    write_csv(run, state, 'train', loss, step_ms=dt * 1000)
+    # the run's health over the interval: the gradient's norm before clipping, how often it was
+    # clipped, and the last step's update against the weights
+    norms = torch.tensor(state.norms)  # (log_interval,)
+    write_csv(run, state, 'train', train_loss=loss, step_ms=dt * 1000, grad_norm=norms.mean().item(),
+              clipped=(norms > grad_clip).float().mean().item() if grad_clip > 0 else 0.0,
+              update_ratio=state.update_ratio)
+    state.norms = []
 
 
-LOG_COLUMNS = 'kind,iter,tokens,time_s,lr,train_loss,val_loss,val_bpb,step_ms'
-
-
-def write_csv(run, state, kind, train_loss='', val_loss='', val_bpb='', step_ms=''):
-    """Process 0 adds a row to <out_dir>/log.csv: 'train' (progress), 'eval' (the step lines),
-    'final' (whole split), or the 'header' of a new file. A folder that can't be written, or a
-    full disk: one line, stop."""
-    cells = []
-    for v in (train_loss, val_loss, val_bpb, step_ms):
-        cells.append(f"{v:.6f}" if isinstance(v, float) else str(v))
-    row = (f"{kind},{state.iter_num},{state.iter_num * state.tokens_per_iter},{state.train_time:.3f},"
-           f"{state.lr:.6g},{','.join(cells)}")
-    if kind == 'header':
-        row = LOG_COLUMNS
+def write_csv(run, state, kind, **values):
+    """Process 0 adds a row to <out_dir>/log.csv (checkpoint.LOG_COLUMNS): 'train' (progress),
+    'eval' (the step lines), 'final' (whole split), or the 'header' of a new file."""
+    row = dict(kind=kind, iter=state.iter_num, tokens=state.iter_num * state.tokens_per_iter,
+               time_s=state.train_time, lr=state.lr, **values)
     if run.master:
-        add_line(os.path.join(ROOT, out_dir, 'log.csv'), row, new=kind == 'header')  # checkpoint.py
+        log_row(os.path.join(ROOT, out_dir, 'log.csv'), row, new=kind == 'header')  # checkpoint.py
 
 
 def inference_model(model, state):
@@ -995,7 +1000,7 @@ def main():
         if trains or eval_only:
             loss, bpb = evaluate(run, model, data, state)
         if trains:
-            write_csv(run, state, 'final', '', loss, bpb)
+            write_csv(run, state, 'final', val_loss=loss, val_bpb=bpb)
     if not eval_only:  # eval_only stops at the whole-split loss
         sample(run, model, data, state)
 

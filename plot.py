@@ -19,6 +19,7 @@ import os
 import sys
 import textwrap
 
+from checkpoint import LOG_COLUMNS as COLUMNS
 from checks import die
 from configurator import configure
 
@@ -31,7 +32,6 @@ ymax = 0.0  # the top of the y axis, to look closer at the end of runs; 0 fits e
 attention = ''  # a gpt.py checkpoint: draw its attention over the prompt instead of loss curves
 prompt = 'ROMEO: But soft'  # the text whose attention --attention draws
 # -----------------------------------------------------------------------------
-COLUMNS = ['kind', 'iter', 'tokens', 'time_s', 'lr', 'train_loss', 'val_loss', 'val_bpb', 'step_ms']
 
 
 def number(v, path, n, row):
@@ -49,8 +49,8 @@ def read_log(path):
     with open(path, newline='', encoding='utf-8', errors='replace') as f:
         reader = csv.reader(f)
         header = next(reader, None)
-        # older logs lack step_ms, and val_bpb
-        if header not in (COLUMNS, COLUMNS[:-1], COLUMNS[:-2]):
+        # older logs lack the health columns, step_ms, and val_bpb
+        if header not in (COLUMNS, COLUMNS[:-3], COLUMNS[:-4], COLUMNS[:-5]):
             die(f"'{path}' is not a gpt.py log: its first line should be {','.join(COLUMNS)}")
         rows = []
         for n, row in enumerate(reader, 2):

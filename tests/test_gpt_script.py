@@ -20,13 +20,26 @@ def test_train_log_and_sample(trained):
     assert re.search(r'^whole-split val loss \d\.\d{4} \(', r.stdout, re.M)
     assert '\nFirst' in r.stdout  # the sample starts with the prompt
     rows = (proj / 'out' / 'log.csv').read_text().splitlines()
-    assert rows[0] == 'kind,iter,tokens,time_s,lr,train_loss,val_loss,val_bpb,step_ms'
-    assert all(float(row.split(',')[-1]) > 0 for row in rows if row.startswith('train,'))  # ms a step
+    assert rows[0] == 'kind,iter,tokens,time_s,lr,train_loss,val_loss,val_bpb,step_ms,grad_norm,clipped,update_ratio'
+    for row in [row.split(',') for row in rows if row.startswith('train,')]:
+        step_ms, grad_norm, clipped, update_ratio = map(float, row[-4:])
+        # ms a step; the interval's mean gradient norm, and the share of its steps clipped (at 1.0, the default);
+        # the logged step's update, a small share of the weights
+        assert step_ms > 0 and grad_norm > 0 and clipped in (0, 0.2, 0.4, 0.6, 0.8, 1) and 0 < update_ratio < 0.1
     assert sum(row.startswith('eval,') for row in rows) == 3 and sum(row.startswith('train,') for row in rows) == 4
     ckpt = torch.load(proj / 'out' / 'ckpt.pt', weights_only=True)
     assert ckpt['iter_num'] == 20 and ckpt['model_args']['n_layer'] == 2 and ckpt['config']['dropout'] == 0.1
     assert set(ckpt) >= {'model', 'optimizer', 'best_val_loss', 'tokenizer', 'rng'} and ckpt['tokenizer']['type'] == 'char'
     assert rows[-1].startswith('final,20,') and re.search(r'whole-split val loss [\d.]+ \(\d+ predictions\), val bpb [\d.]+$', r.stdout, re.M)
+
+
+@pytest.mark.parametrize('grad_clip, clipped', [(1e-9, 1.0), (0, 0.0)])
+def test_log_says_how_often_the_gradient_was_clipped(proj, grad_clip, clipped):
+    """Every step clipped at a tiny limit, none without one; the norm is measured before clipping either way."""
+    r = run(proj, 'gpt.py', *TINY, '--max_iters=10', f'--grad_clip={grad_clip}', '--max_new_tokens=0')
+    assert r.returncode == 0, r.stderr
+    rows = [row.split(',') for row in (proj / 'out' / 'log.csv').read_text().splitlines() if row.startswith('train,')]
+    assert len(rows) == 2 and all(float(row[-2]) == clipped and float(row[-3]) > 0.01 for row in rows)
 
 
 def test_resume_is_exact(trained):

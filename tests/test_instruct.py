@@ -1,5 +1,6 @@
 """Instruction tuning: pairs and their loss mask, the stop string, the tasks demo and its exact-match line."""
 import contextlib
+import csv
 import json
 import os
 import re
@@ -146,8 +147,8 @@ def test_eval_rows_convert_the_response_tokens_to_bits_per_byte(proj, tmp_path):
     assert run(proj, 'prepare.py', f'--input={tmp_path / "p.jsonl"}', '--format=pairs', '--dataset=acc').returncode == 0
     r = run(proj, 'gpt.py', *TINY, '--dataset=acc', '--max_iters=10', '--max_new_tokens=5')
     assert r.returncode == 0, r.stderr
-    rows = [row.split(',') for row in (proj / 'out' / 'log.csv').read_text().splitlines()[1:]]
-    ratio = {kind: float(bpb) / float(loss) for kind, *_, loss, bpb, step_ms in rows if kind in ('eval', 'final')}
+    rows = csv.DictReader((proj / 'out' / 'log.csv').read_text().splitlines())
+    ratio = {row['kind']: float(row['val_bpb']) / float(row['val_loss']) for row in rows if row['kind'] in ('eval', 'final')}
     assert ratio['eval'] == pytest.approx(ratio['final'], rel=1e-4)
 
 
