@@ -18,9 +18,9 @@ except ImportError:
     fcntl = None
 
 
-# gpt.py's log.csv; plot.py and look.py read it. Older logs end before step_ms, or val_bpb, or grad_norm.
-LOG_COLUMNS = ['kind', 'iter', 'tokens', 'time_s', 'lr', 'train_loss', 'val_loss', 'val_bpb', 'step_ms',
-               'grad_norm', 'clipped', 'update_ratio']
+# gpt.py's log.csv; plot.py and look.py read it. Older logs end before step_ms, val_bpb or grad_norm.
+LOG_COLUMNS = ['kind', 'iter', 'tokens', 'time_s', 'lr', 'train_loss', 'val_loss', 'val_bpb',
+               'step_ms', 'grad_norm', 'clipped', 'update_ratio']
 
 
 def log_row(path, values, new=False):

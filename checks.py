@@ -114,6 +114,19 @@ def inside(path, folder):
     return os.path.commonpath([path, folder]) == folder
 
 
+def model_problems(data, block_size, prompt, stop, interactive):
+    """What a built model can't do with this data and these sampling settings."""
+    found = []
+    n_train, n_val = len(data.train.ids), len(data.val.ids)
+    if block_size >= min(n_train, n_val):
+        found.append(f"the model's block_size ({block_size}) must be shorter than both splits ({n_train:,}, "
+                     f"{n_val:,} tokens)")
+    if not interactive:  # --interactive checks each line it reads
+        found.append(prompt_problem(data.tok, prompt, block_size))
+    found.append(stop_problem(data.tok, stop))
+    return [problem for problem in found if problem]
+
+
 def prompt_problem(tok, text, block_size):
     """Why a model of block_size can't take text as its prompt, or ''."""
     missing = tok.unknown(text)

@@ -22,10 +22,9 @@ The lecture's names, and this file's (nanoGPT's) for the same things:
     position_embedding_table       GPT.wpe
     ln_f, lm_head                  the same
 
-Beside it: machine.py (device, CPU, torchrun, signals), roads.py (precisions timed on this CPU),
-checks.py (settings that can't work), checkpoint.py (files written whole, loading, resume), stream.py
-(printing samples), tokenizer.py; and the next steps, imported only where a knob asks: muon.py,
-quant.py, lora.py, instruct.py, gpt2.py.
+Beside it: machine.py (device, CPU, torchrun, signals), roads.py (precisions timed here), checks.py,
+checkpoint.py (files written whole, loading, resume), stream.py, tokenizer.py; and the next steps,
+imported only where a knob asks: muon.py, quant.py, lora.py, instruct.py, gpt2.py.
 """
 import math
 import os
@@ -44,7 +43,7 @@ from torch.utils.checkpoint import checkpoint as recompute
 
 from checkpoint import claimed, log_row, load_checkpoint, restore_randomness, resume, save_checkpoint
 from checkpoint import start_from
-from checks import die, problems, prompt_problem, stop_problem, writes_out_dir
+from checks import die, model_problems, problems, writes_out_dir
 from configurator import configure, knobs
 from machine import caught_signals, compile_and_wrap, finish_processes, flops_per_token, gather
 from machine import largest, peak_flops, set_precision, start_processes
@@ -511,10 +510,8 @@ def sample(run, model, data, state):
                                      top_p, kv_cache, g, printer)
             printer(out[0, len(ids):].tolist(), final=True)
             print('\n---------------', flush=True)
-            n = out.size(1) - len(ids)
-            dt = time.time() - t0
-            # stdout: the text alone
-            print(f"({n} tokens in {dt:.2f} s: {n / dt:.1f} tokens/s)", file=sys.stderr)
+            n, dt = out.size(1) - len(ids), time.time() - t0
+            print(f"({n} tokens in {dt:.2f} s: {n / dt:.1f} tokens/s)", file=sys.stderr)  # stdout: the text alone
 
 
 # ----------------------------------------------------------------- checkpoints
@@ -550,12 +547,11 @@ def best_model(model, data, state):
     if not math.isfinite(state.best_val_loss):  # stopped before its first eval: no best.pt
         return
     line = f"the model below: step {state.best_iter}, whose val loss {state.best_val_loss:.4f} was the lowest"
+    line += " (best.pt)"  # and where the latest step is, if it is another
     if state.best_iter != state.iter_num:
         best = load_checkpoint(os.path.join(ROOT, out_dir, 'best.pt'), 'gpt', data.tok, dataset)
         model.load_state_dict(best['model'], strict=not state.lora)
-        line += f" (best.pt); {state.ckpt_path} keeps step {state.iter_num} to resume"
-    else:
-        line += " (best.pt)"
+        line += f"; {state.ckpt_path} keeps step {state.iter_num} to resume"
     print(line)
 
 
@@ -622,14 +618,9 @@ def build_model(run, data):
         weights = resume(state, k, CONFIGURED, data, GPT, run.log)
     elif init_from != 'scratch':  # checkpoint.py: another model's weights, from step 0
         weights = start_from(state, k, CONFIGURED, data, GPT, ROOT, run.master)
-    T, n_train, n_val = state.model_args['block_size'], len(data.train.ids), len(data.val.ids)
-    if T >= min(n_train, n_val):  # the knob's, or a checkpoint's
-        die(f"the model's block_size ({T}) must be shorter than both splits ({n_train:,}, {n_val:,} tokens)")
-    problem = prompt_problem(data.tok, prompt + state.template.get('sep', ''), T)
-    if problem and not interactive:
-        die(problem)
-    problem = stop_problem(data.tok, stop)
-    if problem:
+    # checks.py: a block_size (the knob's, a checkpoint's) too long for the data, or a prompt too long
+    for problem in model_problems(data, state.model_args['block_size'], prompt + state.template.get('sep', ''),
+                                  stop, interactive):
         die(problem)
     model = GPT(**state.model_args)
     n_params = sum(p.numel() for p in model.parameters())
@@ -638,9 +629,7 @@ def build_model(run, data):
         model.load_state_dict(weights)
     if state.lora:  # lora.py loads only here, when a run has LoRA
         from lora import adapt, summary
-        adapters = None
-        if state.ckpt is not None:
-            adapters = state.ckpt['model']
+        adapters = state.ckpt['model'] if state.ckpt is not None else None  # resumed, or new
         adapt(model, state.lora, adapters)
         run.log(summary(model, state.lora))
     model.gradient_checkpointing = gradient_checkpointing
@@ -653,8 +642,8 @@ def choose_roads(run, model, data, state, trains):
     ix = data.train.random_starts((batch_size if trains else 1,), model.block_size, torch.Generator())
     batch = get_batch(data.train, ix, model.block_size, run.dev)
     asked = {'dtype': dtype, 'newton_schulz': newton_schulz}
-    muon_trains = optimizer == 'muon' and trains and not state.lora
-    state.roads = roads.choose(run, model, state.model_args, batch, asked, state.roads or {}, trains, muon_trains)
+    muon = optimizer == 'muon' and trains and not state.lora
+    state.roads = roads.choose(run, model, state.model_args, batch, asked, state.roads or {}, trains, muon)
 
 
 def make_optimizers(run, model, state):
@@ -678,7 +667,8 @@ def make_optimizers(run, model, state):
         optimizers = [torch.optim.AdamW(groups, learning_rate, (beta1, beta2), fused=fused)]
         if muon_params:
             from muon import Muon
-            optimizers.append(Muon(muon_params, lr=muon_lr, ns_dtype=getattr(torch, state.roads['newton_schulz'])))
+            ns_dtype = getattr(torch, state.roads['newton_schulz'])  # roads.py's choice
+            optimizers.append(Muon(muon_params, lr=muon_lr, ns_dtype=ns_dtype))
     ckpt = state.ckpt
     if ckpt is not None:
         if not ckpt['optimizer']:
@@ -856,9 +846,8 @@ def train_step(run, model, raw_model, optimizers, data, state):
     trained = [p for p in raw_model.parameters() if p.requires_grad]
     # the norm before clipping, for log.csv; grad_clip=0 measures it and clips nothing
     state.norms.append(torch.nn.utils.clip_grad_norm_(trained, grad_clip or math.inf).item())
-    logged = (state.iter_num + 1) % log_interval == 0
-    if logged:  # the weights before this step, to size its update (log.csv's update_ratio)
-        before = [p.detach().clone() for p in trained]
+    logged = (state.iter_num + 1) % log_interval == 0  # this step's update is measured (update_ratio)
+    before = [p.detach().clone() for p in trained] if logged else []
     for opt in optimizers:
         run.scaler.step(opt)
         opt.zero_grad(set_to_none=True)
@@ -884,12 +873,10 @@ def log_progress(run, state, loss, dt):
         mfu = f", mfu {100 * state.flops_per_iter / dt / peak:.1f}%"
     print(f"iter {state.iter_num}: loss {loss:.4f}, lr {state.lr:.2e}, {dt * 1000:.1f} ms/iter, "
           f"{state.tokens_per_iter / dt:,.0f} tok/s{mfu}, eta {eta:.0f}s")
-    # the run's health over the interval: the gradient's norm before clipping, how often it was
-    # clipped, and the last step's update against the weights
-    norms = torch.tensor(state.norms)  # (log_interval,)
+    norms = torch.tensor(state.norms)  # the interval's gradient norms before clipping: its health
+    clipped = (norms > grad_clip).float().mean().item() if grad_clip > 0 else 0.0  # the share clipped
     write_csv(run, state, 'train', train_loss=loss, step_ms=dt * 1000, grad_norm=norms.mean().item(),
-              clipped=(norms > grad_clip).float().mean().item() if grad_clip > 0 else 0.0,
-              update_ratio=state.update_ratio)
+              clipped=clipped, update_ratio=state.update_ratio)
     state.norms = []
 
 

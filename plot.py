@@ -4,12 +4,15 @@ trained model's attention heads look at.
 
     python plot.py out/log.csv                                  # -> out/loss.png
     python plot.py out/log.csv out-bpe/log.csv --x=time --out=runs.png
+    python plot.py out/log.csv --y=grad_norm                   # -> out/grad_norm.png
     python plot.py --attention=out/ckpt.pt --prompt="ROMEO: But soft"   # -> out/attention.png
 
 Each run is labelled by its folder. Solid lines are the val loss of the `step N:` lines, faint dots
 the train loss of the progress lines, and a star the final whole-split val loss (the last line
 gpt.py prints after training). Losses are nats per token, which compares runs of one tokenizer;
 --y=bpb shows val bits per byte instead, which compares any runs (char, BPE, nanoGPT's).
+--y=grad_norm draws the gradient norm before clipping (with the share of steps clipped), and
+--y=update_ratio each logged step's update over the weights' size (look.py's page shows both too).
 
 --attention draws one heatmap for each head of each layer: row t is what the prompt's token t attends
 to (its softmax weights over the tokens up to t), so the upper triangle is empty, the causal mask.
@@ -25,13 +28,16 @@ from configurator import configure
 
 # -----------------------------------------------------------------------------
 x = 'tokens'  # the x axis: 'tokens' trained on, 'time' (seconds trained) or 'iter' (steps)
-y = 'loss'  # the y axis: 'loss' (nats per token, train and val) or 'bpb' (val bits per byte)
+y = 'loss'  # 'loss' (nats a token), 'bpb' (val bits per byte), 'grad_norm' or 'update_ratio'
 out = ''  # the PNG to write; empty means loss.png beside the first log
 title = ''  # the figure's title; empty means none
 ymax = 0.0  # the top of the y axis, to look closer at the end of runs; 0 fits every point
 attention = ''  # a gpt.py checkpoint: draw its attention over the prompt instead of loss curves
 prompt = 'ROMEO: But soft'  # the text whose attention --attention draws
 # -----------------------------------------------------------------------------
+
+
+X_LABELS = {'tokens': 'tokens trained on', 'time': 'seconds of training', 'iter': 'optimizer steps'}
 
 
 def number(v, path, n, row):
@@ -149,11 +155,13 @@ def main(paths):
         die("give one or more logs: python plot.py out/log.csv [more/log.csv ...] [--x=tokens|time|iter]")
     if x not in ('tokens', 'time', 'iter'):
         die(f"--x must be tokens, time or iter, not '{x}'")
-    if y not in ('loss', 'bpb'):
-        die(f"--y must be loss or bpb, not '{y}'")
+    if y not in ('loss', 'bpb', 'grad_norm', 'update_ratio'):
+        die(f"--y must be loss, bpb, grad_norm or update_ratio, not '{y}'")
     if ymax < 0:
         die(f"--ymax must be > 0, or 0 to fit every point; not {ymax}")
     runs = [(os.path.basename(os.path.dirname(os.path.abspath(p))), read_log(p)) for p in paths]
+    if y in ('grad_norm', 'update_ratio'):
+        return draw_health(runs, paths[0])
     plt = pyplot()
     key = {'tokens': 'tokens', 'time': 'time_s', 'iter': 'iter'}[x]
     val_key = 'val_loss' if y == 'loss' else 'val_bpb'
@@ -173,9 +181,7 @@ def main(paths):
             ax.plot(*zip(*val), '-', color=color, label=label)
         if final:
             ax.plot(*final[-1], '*', color=color, markersize=12)
-    x_labels = {'tokens': 'tokens trained on', 'time': 'seconds of training',
-                'iter': 'optimizer steps'}
-    ax.set_xlabel(x_labels[x])
+    ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel('loss (nats per token)' if y == 'loss' else 'val bits per byte')
     ax.grid(alpha=0.3)
     if ymax > 0:
@@ -185,6 +191,31 @@ def main(paths):
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     save(fig, out or os.path.join(os.path.dirname(os.path.abspath(paths[0])), 'loss.png'))
+
+
+def draw_health(runs, first):
+    """--y=grad_norm or update_ratio: the run's health from its progress rows, on a log scale; the
+    gradient norm (before clipping, a log interval's mean) with the share of steps clipped."""
+    plt = pyplot()
+    key = {'tokens': 'tokens', 'time': 'time_s', 'iter': 'iter'}[x]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=80)
+    for i, (name, rows) in enumerate(runs):
+        kept = [r for r in rows if r['kind'] == 'train' and r[y] is not None]
+        if not kept:
+            die(f"the log of '{name}' has no {y} (older than that column, or no progress rows yet)")
+        label = name
+        if y == 'grad_norm':
+            share = sum(r['clipped'] for r in kept) / len(kept)
+            label += f" (clipped in {100 * share:.0f}% of steps)"
+        ax.plot([r[key] for r in kept], [r[y] for r in kept], '-', color=f'C{i}', label=label)
+    ax.set_yscale('log')
+    ax.set_xlabel(X_LABELS[x])
+    names = {'grad_norm': 'gradient norm, before clipping', 'update_ratio': '|update| / |weights|, a step'}
+    ax.set_ylabel(names[y])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save(fig, out or os.path.join(os.path.dirname(os.path.abspath(first)), f'{y}.png'))
 
 
 if __name__ == '__main__':

@@ -1,10 +1,16 @@
 """
 One experiment, one command: gpt.py over every combination of the listed values, each at several
-seeds, one run at a time, each in its own folder; then a table of the whole-split val bpb and loss
-as mean ± std over the seeds, a CSV with a row for each run, and a picture.
+seeds, each in its own folder; then a table of the whole-split val bpb and loss as mean ± std over
+the seeds, a CSV with a row for each run, and a picture.
 
     python sweep.py --n_layer=1,2,4,6 --seeds=3 --max_time=60 --max_iters=1000000 --out_dir=sweeps/depth
-    python sweep.py config/lecture/layernorm.py --n_layer=1,3,6 --residual=true,false --seeds=3
+    python sweep.py config/lecture/layernorm.py --n_layer=1,3,6 --residual=true,false --seeds=3 --jobs=2
+
+Runs go one at a time, or --jobs=N at once, each on its share of the cores (OMP_NUM_THREADS): two
+one-thread runs of a small model did 1.75x to 1.9x the work of two two-thread runs one after the
+other on a 2-core CPU (docs/profile.md). Only a sweep of equal steps may: under --max_time, runs
+side by side would slow each other and get fewer steps. The next seed of a combination starts once
+the one before it has chosen its precisions (roads.py keeps them), so that all take the same.
 
 A --key=V1,V2 (a comma) is swept; a --key=V goes to every run, as do config files (first). seeds
 and out_dir are the sweep's own: seeds N runs each combination with seeds 1337, 1338, ... (or from
@@ -30,6 +36,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import gpt
@@ -49,10 +56,15 @@ def parse(argv):
     """Config files, the swept knobs ({key: [values as typed]}), the knobs for
     every run, the seeds and out_dir."""
     configs, swept, fixed, n_seeds, first_seed, out_dir = [], {}, [], None, 1337, os.path.join('sweeps', 'sweep')
+    jobs = 1
     for arg in argv:
         key, _, value = arg[2:].partition('=')
         if not arg.startswith('--'):
             configs.append(arg)
+        elif key == 'jobs':
+            jobs = int(value) if value.isdigit() else 0
+            if jobs < 1:
+                die(f"--jobs must be a whole number of at least 1, not '{value}'")
         elif key == 'seeds':
             n_seeds = int(value) if value.isdigit() else 0
             if n_seeds < 1:
@@ -75,7 +87,7 @@ def parse(argv):
         seeds = [whole(v) for v in swept.pop('seed')]
     else:
         seeds = list(range(first_seed, first_seed + (n_seeds or 1)))
-    return configs, swept, fixed, seeds, out_dir
+    return configs, swept, fixed, seeds, out_dir, jobs
 
 
 def whole(value):
@@ -97,7 +109,7 @@ def runs(configs, swept, fixed, seeds, out_dir):
     """Every run: (the combination's values, seed, its folder, gpt.py's arguments). Each run is
     checked first by gpt.py's configurator (an unknown knob, with a suggestion, or a value of the
     wrong type) and its setting checks (checks.py: a value that can't work)."""
-    todo = []
+    todo, timed = [], False
     for values in itertools.product(*swept.values()):
         combo = dict(zip(swept, values))
         for seed in seeds:
@@ -105,14 +117,14 @@ def runs(configs, swept, fixed, seeds, out_dir):
             folder = os.path.join(out_dir, ''.join(c if c.isalnum() or c in '.=-' else '_' for c in '-'.join(parts)))
             args = [*configs, *fixed, *(f'--{k}={v}' for k, v in combo.items()), f'--seed={seed}',
                     f'--out_dir={folder}', '--max_new_tokens=0']
-            check(args)
+            timed = check(args) or timed
             todo.append((combo, seed, folder, args))
-    return todo
+    return todo, timed
 
 
 def check(args):
-    """gpt.py's configurator and setting checks on one run's arguments; the
-    sweep stops on the first problem."""
+    """gpt.py's configurator and setting checks on one run's arguments; the sweep stops on the
+    first problem. Whether the run has a time budget (max_time)."""
     scope = dict(vars(gpt))
     with contextlib.redirect_stdout(io.StringIO()):
         try:
@@ -122,6 +134,7 @@ def check(args):
     found = problems(SimpleNamespace(**knobs(scope)), ROOT, scope['CONFIGURED'])
     if found:
         die(f"{found[0]} (in {' '.join(args)})")
+    return scope['max_time'] > 0
 
 
 def claim(folder, record):
@@ -139,30 +152,73 @@ def claim(folder, record):
         f"or remove that folder")
 
 
-def run_one(folder, args, record):
-    """Run gpt.py (resumed from its checkpoint if an earlier call was stopped); its result, read
-    from the run's log.csv and kept in <folder>/result.json, or the line it failed with."""
+def start_one(folder, args, record, threads):
+    """Start gpt.py (resumed from its checkpoint if an earlier call was stopped) on threads cores;
+    its output goes to <folder>/gpt.out."""
     os.makedirs(os.path.join(ROOT, folder), exist_ok=True)
     with open(os.path.join(ROOT, folder, 'run.json'), 'w') as f:
         json.dump(record, f)
     if os.path.isfile(os.path.join(ROOT, folder, 'ckpt.pt')):
         args = [*args, '--init_from=resume']
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'gpt.py'), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = proc.communicate()
-    except (KeyboardInterrupt, Stopped) as e:
-        stop_child(proc, signal.SIGTERM if isinstance(e, Stopped) else signal.SIGINT)
-        raise
+    env = dict(os.environ)
+    if threads:
+        env['OMP_NUM_THREADS'] = str(threads)
+    with open(os.path.join(ROOT, folder, 'gpt.out'), 'w') as out:
+        return subprocess.Popen([sys.executable, os.path.join(ROOT, 'gpt.py'), *args], stdout=out,
+                                stderr=subprocess.STDOUT, env=env)
+
+
+def result_of(proc, folder):
+    """A finished run's result, read from its log.csv and kept in <folder>/result.json, or the last
+    line it printed when it failed."""
     final = final_row(os.path.join(ROOT, folder, 'log.csv'))
     if proc.returncode != 0 or final is None:
-        lines = (err.strip() or out.strip() or f'exit {proc.returncode}').splitlines()
+        with open(os.path.join(ROOT, folder, 'gpt.out'), errors='replace') as f:
+            lines = f.read().strip().splitlines() or [f'exit {proc.returncode}']
         return {'status': 'failed: ' + lines[-1]}
     result = {'status': 'ok', 'val_loss': float(final['val_loss']), 'val_bpb': float(final['val_bpb']),
               'steps': int(final['iter']), 'time_s': float(final['time_s'])}
     with open(os.path.join(ROOT, folder, 'result.json'), 'w') as f:
         json.dump(result, f)
     return result
+
+
+def run_all(todo, records, jobs, finished):
+    """Run every run not in finished, jobs at a time; yield (index, result) as each run ends. A run waits
+    for the run before it of the same combination to have chosen its precisions (its log.csv
+    exists), so that it finds them in roads.py's cache. Ctrl-C or SIGTERM stops every running gpt.py,
+    each saving its step."""
+    threads = 0  # gpt.py's own choice, alone
+    if jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+    waiting, running = [i for i in range(len(todo)) if i not in finished], {}
+    try:
+        while waiting or running:
+            for i in list(waiting):
+                before = i > 0 and todo[i - 1][0] == todo[i][0] and (i - 1 in running or i - 1 in waiting)
+                if len(running) < jobs and not (before and not has_log(todo[i - 1][2])):
+                    waiting.remove(i)
+                    print(f"[{i + 1}/{len(todo)}] {todo[i][2]}: running{resumed(todo[i][2])}", flush=True)
+                    running[i] = start_one(todo[i][2], todo[i][3], records[i], threads)
+            time.sleep(0.2)
+            for i, proc in list(running.items()):
+                if proc.poll() is not None:
+                    del running[i]
+                    yield i, result_of(proc, todo[i][2])
+    except (KeyboardInterrupt, Stopped) as e:
+        for proc in running.values():
+            stop_child(proc, signal.SIGTERM if isinstance(e, Stopped) else signal.SIGINT)
+        raise
+
+
+def has_log(folder):
+    return os.path.isfile(os.path.join(ROOT, folder, 'log.csv'))
+
+
+def resumed(folder):
+    if os.path.isfile(os.path.join(ROOT, folder, 'ckpt.pt')):
+        return ' (resumed from its checkpoint)'
+    return ''
 
 
 def stop_child(proc, signum):
@@ -252,23 +308,25 @@ def main(argv):
     if '-h' in argv or '--help' in argv:
         print(__doc__.strip())
         return 0
-    configs, swept, fixed, seeds, out_dir = parse(argv)
-    todo = runs(configs, swept, fixed, seeds, out_dir)
+    configs, swept, fixed, seeds, out_dir, jobs = parse(argv)
+    todo, timed = runs(configs, swept, fixed, seeds, out_dir)
+    if jobs > 1 and timed:
+        die(f"--jobs={jobs} runs side by side, which slows each: under --max_time every run would get fewer "
+            f"steps. Sweep equal steps (--max_iters) with --jobs, or equal time one at a time")
     records = [command_record(configs, args) for *_, args in todo]
     for (_, _, folder, _), record in zip(todo, records):
         claim(folder, record)
-    done = []
-    for i, ((combo, seed, folder, args), record) in enumerate(zip(todo, records), 1):
+    results = {}
+    for i, (_, _, folder, _) in enumerate(todo):
         path = os.path.join(ROOT, folder, 'result.json')
         if os.path.isfile(path):  # finished in an earlier call of the same command
             with open(path) as f:
-                done.append((combo, seed, json.load(f)))
-            print(f"[{i}/{len(todo)}] {folder}: done already")
-            continue
-        resumed = ' (resumed from its checkpoint)' if os.path.isfile(os.path.join(ROOT, folder, 'ckpt.pt')) else ''
-        print(f"[{i}/{len(todo)}] {folder}: running{resumed}", flush=True)
-        done.append((combo, seed, run_one(folder, args, record)))
-        print(f"    {done[-1][2]}", flush=True)
+                results[i] = json.load(f)
+            print(f"[{i + 1}/{len(todo)}] {folder}: done already")
+    for i, result in run_all(todo, records, jobs, set(results)):
+        results[i] = result
+        print(f"    {todo[i][2]}: {result}", flush=True)
+    done = [(combo, seed, results[i]) for i, (combo, seed, _, _) in enumerate(todo)]
     report(swept, done, out_dir)
     return int(any(r['status'] != 'ok' for *_, r in done))
 

@@ -39,7 +39,7 @@ TINY = ['--gradient_accumulation_steps=1', '--n_layer=2', '--n_head=2', '--n_emb
         '--batch_size=8', '--eval_iters=4', '--eval_interval=10', '--log_interval=5', '--warmup_iters=5',
         '--max_new_tokens=30', '--compile=false']
 
-SCRIPTS = {'gpt.py': 'gpt', 'bigram.py': 'bigram', 'prepare.py': 'prepare', 'plot.py': 'plot'}
+SCRIPTS = {'gpt.py': 'gpt', 'bigram.py': 'bigram', 'prepare.py': 'prepare', 'plot.py': 'plot', 'look.py': 'look'}
 
 
 def run_process(proj, *args, timeout=300, env=None):
@@ -53,15 +53,21 @@ def run_in_process(proj, script, args):
     module = importlib.import_module(SCRIPTS[script])
     scope = vars(module)
     saved = dict(scope)
+    gpt_scope = vars(importlib.import_module('gpt'))  # look.py sets gpt.py's knobs: restored afterwards too
+    gpt_saved = dict(gpt_scope)
     out, err, code = io.StringIO(), io.StringIO(), 0
     cwd = os.getcwd()
     os.chdir(proj)  # config files and --input paths are relative to where the command runs
     try:
         scope['ROOT'] = str(proj)  # data/ and out_dir are relative to the script's folder: the copy
+        gpt_scope['ROOT'] = str(proj)  # look.py reads data/ as gpt.py does
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 if script == 'plot.py':  # plot.py's command line: --knobs, then the logs
                     configure(scope, [a for a in args if a.startswith('--')])
+                    module.main([a for a in args if not a.startswith('--')])
+                elif script == 'look.py':  # its own knobs, gpt.py's, then the model
+                    module.configure_both([a for a in args if a.startswith('--')])
                     module.main([a for a in args if not a.startswith('--')])
                 else:
                     configure(scope, list(args))
@@ -72,9 +78,10 @@ def run_in_process(proj, script, args):
                     print(e.code, file=sys.stderr)
     finally:
         os.chdir(cwd)
-        for k in set(scope) - set(saved):
-            del scope[k]
-        scope.update(saved)
+        for before, now in ((saved, scope), (gpt_saved, gpt_scope)):
+            for k in set(now) - set(before):
+                del now[k]
+            now.update(before)
     return subprocess.CompletedProcess([script, *args], code or 0, out.getvalue(), err.getvalue())
 
 

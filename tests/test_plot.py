@@ -28,6 +28,21 @@ def test_plot_real_logs(proj):
     assert (proj / 'closer.png').read_bytes() != (proj / 'a' / 'loss.png').read_bytes()  # the axis ends at 3
 
 
+def test_plot_health_and_older_logs(proj):
+    """--y=grad_norm and --y=update_ratio draw the health columns; a log from before them still plots its loss,
+    and asking it for health says why not."""
+    assert run(proj, 'gpt.py', *TINY, '--max_iters=20', '--out_dir=a').returncode == 0
+    for y in ('grad_norm', 'update_ratio'):
+        r = run(proj, 'plot.py', 'a/log.csv', f'--y={y}')
+        assert r.returncode == 0, r.stderr
+        assert png_size(proj / 'a' / f'{y}.png') == (512, 320)
+    rows = (proj / 'a' / 'log.csv').read_text().splitlines()
+    (proj / 'old').mkdir()
+    (proj / 'old' / 'log.csv').write_text('\n'.join(','.join(row.split(',')[:9]) for row in rows) + '\n')
+    assert run(proj, 'plot.py', 'old/log.csv').returncode == 0
+    assert 'older than that column' in one_line_error(run(proj, 'plot.py', 'old/log.csv', '--y=grad_norm'))
+
+
 def test_plot_refusals(proj):
     (proj / 'empty.csv').write_text('kind,iter,tokens,time_s,lr,train_loss,val_loss,val_bpb\n')
     (proj / 'other.csv').write_text('a,b,c\n1,2,3\n')

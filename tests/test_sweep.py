@@ -17,6 +17,8 @@ from conftest import TINY, run_process
     (['--n_layer=1,2', '--seeds=0'], '--seeds must be a whole number of at least 1'),
     (['--n_layer=1,2', '--seeds=two'], '--seeds must be a whole number of at least 1'),
     (['--n_layer=1,2', 'config/nothing.py'], "config file 'config/nothing.py' not found"),
+    (['--n_layer=1,2', '--jobs=0'], '--jobs must be a whole number of at least 1'),
+    (['--n_layer=1,2', '--jobs=2', '--max_time=30'], 'under --max_time every run would get fewer steps'),
 ])
 def test_a_bad_grid_is_refused_before_anything_runs(proj, monkeypatch, capsys, args, message):
     monkeypatch.setattr(sweep, 'ROOT', str(proj))
@@ -43,3 +45,21 @@ def test_two_seeds_table_csv_picture_and_resume(proj):
     assert [line for line in again.stdout.splitlines() if line.startswith('| 1 |')] == \
         [line for line in r.stdout.splitlines() if line.startswith('| 1 |')]
     assert len(os.listdir(proj / 'sw')) == 4 + 2  # a folder for each run, sweep.csv and sweep.png
+
+
+@pytest.mark.slow
+def test_two_jobs_at_once_give_the_results_of_one_at_a_time(proj):
+    """Equal steps, two runs side by side on one core each: the same results as one after the other (to the
+    summation order of another thread count), each run's output kept in its folder."""
+    args = ['--n_head=1,2', '--seeds=2', *TINY, '--max_iters=6', '--dtype=float32']
+    alone = run_process(proj, 'sweep.py', *args, '--out_dir=one')
+    both = run_process(proj, 'sweep.py', *args, '--jobs=2', '--out_dir=two')
+    assert alone.returncode == 0 and both.returncode == 0, alone.stderr + both.stderr
+    rows = []
+    for name in ('one', 'two'):
+        with open(proj / name / 'sweep.csv') as f:
+            rows.append([(x['n_head'], x['seed'], float(x['val_loss'])) for x in csv.DictReader(f)])
+    assert [r[:2] for r in rows[0]] == [r[:2] for r in rows[1]]
+    assert [r[2] for r in rows[1]] == pytest.approx([r[2] for r in rows[0]], rel=1e-4)
+    assert all((proj / 'two' / f'n_head={h}-seed={s}' / 'gpt.out').read_text().count('whole-split val loss') == 1
+               for h in '12' for s in ('1337', '1338'))

@@ -1,0 +1,262 @@
+"""
+Look inside a trained model: one self-contained HTML page for a checkpoint (or a GPT-2 folder) and a
+text. Open it from disk; it needs no server and no network.
+
+    python look.py out/ckpt.pt                       # -> out/look.html, over the start of the val split
+    python look.py out/ckpt.pt --prompt="ROMEO: But soft" --out=romeo.html
+    python look.py gpt2-shaped --dataset=shakespeare_gpt2   # a GPT-2 folder, on data of its tokens
+
+The page shows the text with each token coloured by the model's loss on it. Pointing at a token
+shows the model's top 5 next tokens, the true one's probability and rank, what the token attends
+to in each head (drawn under the text), and the logit lens: the final norm and the head applied to
+the residual stream after each block, so that the answer is seen forming block by block. Below:
+each head's habits, the run's health from its log.csv (loss, learning rate, gradient norm and
+clipping, update-to-weight ratio) and what the model is. The model is built as gpt.py builds it to
+sample (LoRA merged, --quantize applied), in float32. Other gpt.py knobs (dataset, quantize, ...)
+pass on to it.
+"""
+import base64
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import gpt
+from checkpoint import LOG_COLUMNS, load_checkpoint
+from checks import die
+from configurator import configure, knobs
+from machine import set_precision, start_processes
+
+# -----------------------------------------------------------------------------
+prompt = ''  # the text to look at; '' takes a slice of the val split
+text_file = ''  # or a file's text (its first tokens, up to the model's context)
+n_tokens = 256  # at most this many tokens (and never more than the model's block_size)
+out = ''  # the page to write; '' means look.html beside the checkpoint (or in the current folder)
+windows = 100  # val windows to average each head's share on itself and on the token before
+whole_split = True  # the whole val split's loss (minutes for a GPT-2-sized model on a CPU)
+# -----------------------------------------------------------------------------
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'look_page.html')  # its HTML and JS
+
+
+def build(path):
+    """The model at path, as gpt.py builds it to sample, with its data and state (iter_num: the
+    checkpoint's step), in float32."""
+    gpt.init_from = path
+    gpt.max_iters = 0
+    gpt.device = 'cpu'
+    step = None  # a GPT-2 folder's
+    if os.path.isfile(path):
+        ckpt = load_checkpoint(path, 'gpt')  # one line for a missing, damaged or foreign file
+        step = ckpt['iter_num']
+        if 'dataset' not in gpt.CONFIGURED:  # a checkpoint knows its dataset
+            gpt.dataset = ckpt['config'].get('dataset', gpt.dataset)
+    data = gpt.load_data(gpt.dataset)
+    run = start_processes('cpu')
+    model, state = gpt.build_model(run, data)
+    set_precision(run, 'float32', 'the page shows the model in float32')
+    model = gpt.inference_model(model, state)
+    for block in model.blocks:
+        block.attn.use_sdpa = False  # the explicit attention keeps its weights (block.attn.att)
+    state.iter_num = step
+    return model, data, state
+
+
+def chosen_ids(model, data):
+    """The tokens to look at, and the true next token of each (-1 where the text ends): the prompt,
+    the file, or the start of the val split."""
+    n = min(n_tokens, model.block_size)
+    if prompt or text_file:
+        text = prompt
+        if text_file:
+            with open(text_file, encoding='utf-8', errors='replace') as f:
+                text = f.read()
+        unknown = data.tok.unknown(text)
+        if unknown:
+            die(f"the text has characters that are not in the model's vocabulary: {unknown}")
+        ids = data.tok.encode(text)[:n + 1]
+    else:
+        ids = [int(i) for i in data.val.ids[:n + 1]]
+    if len(ids) < 2:
+        die("the text is shorter than two tokens: give a longer --prompt")
+    targets = ids[1:] + [-1] * (len(ids) <= n)
+    return ids[:n], targets[:n]
+
+
+@torch.no_grad()
+def look(model, ids, targets):
+    """Per token: loss, top 5, the true next token's probability and rank, attention (n_layer,
+    n_head, T, T), and the logit lens (the top 3 after each block)."""
+    residuals = []
+    hooks = [b.register_forward_hook(lambda m, i, o: residuals.append(o)) for b in model.blocks]
+    x = torch.tensor([ids])
+    y = torch.tensor([targets])
+    logits = model(x, y)[0][0].float()  # (T, vocab)
+    for h in hooks:
+        h.remove()
+    logp = F.log_softmax(logits, dim=-1)
+    loss = -logp.gather(1, y[0].clamp(min=0)[:, None])[:, 0]  # (T,)
+    true_rank = (logp > logp.gather(1, y[0].clamp(min=0)[:, None])).sum(1)
+    top = logp.exp().topk(5, dim=-1)
+    lens = []  # after each block: ln_f and the head on the residual stream there
+    for r in residuals:
+        probs = F.softmax(model.lm_head(model.ln_f(r[0])).float(), dim=-1)  # (T, vocab)
+        best = probs.topk(3, dim=-1)
+        lens.append((best.indices, best.values, probs.gather(1, y[0].clamp(min=0)[:, None])[:, 0]))
+    att = torch.stack([b.attn.att[0] for b in model.blocks])  # (n_layer, n_head, T, T)
+    return loss, true_rank, top, lens, att
+
+
+def page_data(model, data, state, ids, targets, path):
+    """Everything the page shows, as one JSON-able dict."""
+    loss, rank, top, lens, att = look(model, ids, targets)
+    tok = data.tok
+    scored = [t for t in range(len(ids)) if targets[t] >= 0]
+    bytes_of = tok.token_bytes
+    tokens = []
+    for t, i in enumerate(ids):
+        top5 = [[int(j), round(float(p), 5)] for j, p in zip(top.indices[t], top.values[t])]
+        lens_t = [[[int(j), round(float(p), 4)] for j, p in zip(ids_l[t], p_l[t])] for ids_l, p_l, _ in lens]
+        token = {'id': i, 'top': top5, 'lens': lens_t}
+        if targets[t] >= 0:
+            token['loss'] = round(float(loss[t]), 5)
+            token['next'] = targets[t]
+            token['p_next'] = round(math.exp(-float(loss[t])), 6)
+            token['rank'] = int(rank[t]) + 1
+            # the true next token's probability, block by block
+            token['lens_next'] = [round(float(p_next[t]), 5) for _, _, p_next in lens]
+        tokens.append(token)
+    used = set()  # the ids the page names
+    for t in tokens:
+        used |= {t['id'], *(j for j, _ in t['top']), *(j for row in t['lens'] for j, _ in row)}
+    used |= {targets[t] for t in scored}
+    mean = float(loss[scored].mean())
+    n_bytes = sum(bytes_of[targets[t]] for t in scored)
+    whole = (None, None)
+    if whole_split:
+        token_bytes = torch.tensor(bytes_of)
+        whole = gpt.full_val_loss(model, data.val, model.block_size, 'cpu', 16, token_bytes=token_bytes)
+    causal = bool(model.causal)
+    # attention as bytes: round(w * 255); a causal model's rows stop at the diagonal
+    rows = []
+    for t in range(len(ids)):
+        rows.append(att[:, :, t, :t + 1] if causal else att[:, :, t, :])
+    flat = torch.cat([r.flatten(0, 1) for r in rows], dim=1)  # (n_layer * n_head, the rows in turn)
+    codes = torch.round(flat * 255).clamp(0, 255).to(torch.uint8).numpy()
+    ckpt_bytes = 0  # a folder's
+    if os.path.isfile(path):
+        ckpt_bytes = os.path.getsize(path)
+    return {
+        'tokens': tokens, 'vocab': {str(i): tok.decode([i]) for i in sorted(used)},
+        'mean_loss': mean, 'bpb': float(loss[scored].sum()) / math.log(2) / max(n_bytes, 1),
+        'n_layer': len(model.blocks), 'n_head': model.blocks[0].attn.n_head, 'causal': causal,
+        'attention': base64.b64encode(codes.tobytes()).decode(),
+        'what': {'model': path, 'step': state.iter_num,
+                 'parameters': sum(p.numel() for p in model.parameters()), 'file_bytes': ckpt_bytes,
+                 'model_args': state.model_args,
+                 'tokenizer': f"{tok.describe()['type']}, {tok.vocab_size} tokens",
+                 'dataset': gpt.dataset, 'quantize': gpt.quantize or 'none',
+                 'whole_val_loss': whole[0], 'whole_val_bpb': whole[1]},
+        'heads': head_habits(model, data.val),
+        'health': health(path),
+    }
+
+
+@torch.no_grad()
+def head_habits(model, split):
+    """Each head's mean attention on the token itself and on the one before, over `windows` windows
+    of the split (drawn with seed 0), as {'self': (n_layer, n_head), 'previous': ...}, and what an
+    even spread would give."""
+    if not windows:
+        return {}
+    T = model.block_size
+    starts = split.random_starts((windows,), T, torch.Generator().manual_seed(0))
+    self_, previous = 0, 0
+    windows_ids = torch.stack([torch.from_numpy(split.ids[s:s + T].astype(np.int64)) for s in starts])
+    for x in torch.split(windows_ids, 16):
+        model(x, x)
+        att = torch.stack([b.attn.att for b in model.blocks])  # (n_layer, B, n_head, T, T)
+        t = torch.arange(T)
+        self_ = self_ + att[..., t, t].mean(dim=-1).sum(dim=1)  # (n_layer, n_head)
+        previous = previous + att[..., t[1:], t[1:] - 1].mean(dim=-1).sum(dim=1)
+    # what attention spread evenly over the keys each token sees would give
+    seen = torch.arange(1, T + 1.0)
+    if not model.causal:
+        seen = torch.full((T,), float(T))
+    return {'self': (self_ / windows).tolist(), 'previous': (previous / windows).tolist(),
+            'windows': windows, 'tokens': T, 'uniform_self': (1 / seen).mean().item(),
+            'uniform_previous': (1 / seen[1:]).mean().item()}
+
+
+def health(path):
+    """The run's log.csv beside the checkpoint, as columns ({} where there is none)."""
+    log = os.path.join(os.path.dirname(os.path.abspath(path)), 'log.csv')
+    if not os.path.isfile(log):
+        return {}
+    from plot import read_log
+    rows = read_log(log)
+    columns = {}
+    for kind in ('train', 'eval'):
+        kept = [r for r in rows if r['kind'] == kind]
+        columns[kind] = {k: [r[k] for r in kept] for k in LOG_COLUMNS[1:]}
+    return columns
+
+
+def attention_of(data, n_tokens_seen):
+    """The page's attention back from its bytes: (n_layer, n_head) lists of rows (for tests)."""
+    codes = np.frombuffer(base64.b64decode(data['attention']), dtype=np.uint8)
+    per_head = codes.reshape(data['n_layer'] * data['n_head'], -1) / 255
+    rows, start = [], 0
+    for t in range(n_tokens_seen):
+        width = t + 1 if data['causal'] else n_tokens_seen
+        rows.append(per_head[:, start:start + width])
+        start += width
+    return rows
+
+
+def write_page(data, target):
+    """The page: look_page.html with the data inside. One file, nothing fetched."""
+    with open(PAGE, encoding='utf-8') as f:
+        html = f.read()
+    payload = json.dumps(data, separators=(',', ':')).replace('</', '<\\/')
+    html = html.replace('/*DATA*/null', payload)
+    try:
+        with open(target, 'w', encoding='utf-8') as f:
+            f.write(html)
+    except OSError as e:
+        die(f"cannot write {target} ({e.strerror or e})")
+    print(f"wrote {target} ({len(html) / 2**20:.1f} MiB): open it in a browser")
+
+
+def main(paths):
+    if len(paths) != 1:
+        die("give one model: python look.py out/ckpt.pt (or a GPT-2 folder) [--prompt=TEXT] [--out=X.html]")
+    if n_tokens < 2 or windows < 0:
+        die(f"n_tokens must be at least 2 (not {n_tokens}), and windows at least 0 (not {windows})")
+    target = out or 'look.html'
+    if not out and os.path.isfile(paths[0]):  # beside the checkpoint
+        target = os.path.join(os.path.dirname(os.path.abspath(paths[0])), 'look.html')
+    if not target.endswith('.html'):
+        die(f"--out must be an .html file, not '{target}'")
+    path = paths[0]
+    if os.path.exists(path):  # a file or a folder here; else a hub name (gpt2, ...)
+        path = os.path.abspath(path)
+    model, data, state = build(path)
+    ids, targets = chosen_ids(model, data)
+    write_page(page_data(model, data, state, ids, targets, paths[0]), target)
+
+
+def configure_both(options):
+    """look.py's own knobs, then gpt.py's (dataset, quantize, ...), from --key=value options."""
+    own = [a for a in options if a.split('=')[0].lstrip('-') in knobs(globals())]
+    configure(globals(), own)
+    configure(vars(gpt), [a for a in options if a not in own])
+
+
+if __name__ == '__main__':
+    args = sys.argv[1:]
+    configure_both([a for a in args if a.startswith('--')])
+    main([a for a in args if not a.startswith('--')])
