@@ -186,6 +186,7 @@ def command_for(name):
     """The command that makes data/<name>/, for the line that says a dataset is missing."""
     known = {'shakespeare_char': 'python prepare.py',
              'shakespeare_bpe': 'python prepare.py --tokenizer=bpe',
+             'bpe2048': 'python prepare.py --tokenizer=bpe --vocab_size=2048 --dataset=bpe2048',
              'shakespeare_tasks': 'python prepare.py --format=tasks --tokenizer_from=shakespeare_char',
              'shakespeare_gpt2': 'python prepare.py --dataset=shakespeare_gpt2 --tokenizer_from=gpt2'}
     return known.get(name, f"python prepare.py --input=YOUR_TEXT --dataset={name}")
