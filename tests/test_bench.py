@@ -12,10 +12,14 @@ def test_bench_ends_with_how_long_the_config_takes_here(proj):
     r = run(proj, 'bench.py', *TINY, '--budget=3', '--gen_tokens=5', '--gen_repeats=1', '--max_iters=400')
     assert r.returncode == 0, r.stderr[-2000:]
     last = r.stdout.strip().splitlines()[-1]
-    found = re.search(r'^here: .*; dtype (\w+) .*; a step (\d+) ms with its share of the evals; '
-                      r"this config's run, max_iters=400: about ([\d.]+) minutes$", last)
+    found = re.search(r'^here: .*; dtype (\w+); Newton-Schulz in (\w+); int8 on the (\w+) road \(.*\); '
+                      r"a step (\d+) ms with its share of the evals; this config's run, max_iters=400: "
+                      r"about ([\d.]+) minutes$", last)
     assert found, last
-    step_ms, minutes = int(found.group(2)), float(found.group(3))
+    # the roads the run took (its checkpoint's), and int8's
+    assert found.group(1) in ('float32', 'bfloat16') and found.group(2) in ('float32', 'bfloat16')
+    assert found.group(3) in ('kernel', 'float')
+    step_ms, minutes = int(found.group(4)), float(found.group(5))
     # the whole run is max_iters steps at the measured pace, rounded as printed
     assert abs(minutes - 400 * step_ms / 60000) <= 0.05 + 400 * 0.5 / 60000
     assert '| training tokens/s' in r.stdout and '| KV cache speed-up |' in r.stdout
