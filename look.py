@@ -20,6 +20,7 @@ import json
 import math
 import os
 import sys
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ prompt = ''  # the text to look at; '' takes a slice of the val split
 text_file = ''  # or a file's text (its first tokens, up to the model's context)
 n_tokens = 256  # at most this many tokens (and never more than the model's block_size)
 out = ''  # the page to write; '' means look.html beside the checkpoint (or in the current folder)
-windows = 100  # val windows to average each head's share on itself and on the token before
+windows = 0  # val windows for each head's habits; 0: as many as hold 16,384 tokens (256 of 64)
 whole_split = True  # the whole val split's loss (minutes for a GPT-2-sized model on a CPU)
 # -----------------------------------------------------------------------------
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'look_page.html')  # its HTML and JS
@@ -59,8 +60,6 @@ def build(path):
     model, state = gpt.build_model(run, data)
     set_precision(run, 'float32', 'the page shows the model in float32')
     model = gpt.inference_model(model, state)
-    for block in model.blocks:
-        block.attn.use_sdpa = False  # the explicit attention keeps its weights (block.attn.att)
     state.iter_num = step
     return model, data, state
 
@@ -86,6 +85,19 @@ def chosen_ids(model, data):
     return ids[:n], targets[:n]
 
 
+@contextmanager
+def kept_attention(model):
+    """Inside: the explicit attention, which keeps its weights (block.attn.att); the same numbers as
+    the fused kernel's, which the whole-split loss uses outside (it holds no (T, T) matrices)."""
+    for block in model.blocks:
+        block.attn.use_sdpa = False
+    try:
+        yield
+    finally:
+        for block in model.blocks:
+            block.attn.use_sdpa = True
+
+
 @torch.no_grad()
 def look(model, ids, targets):
     """Per token: loss, top 5, the true next token's probability and rank, attention (n_layer,
@@ -94,7 +106,8 @@ def look(model, ids, targets):
     hooks = [b.register_forward_hook(lambda m, i, o: residuals.append(o)) for b in model.blocks]
     x = torch.tensor([ids])
     y = torch.tensor([targets])
-    logits = model(x, y)[0][0].float()  # (T, vocab)
+    with kept_attention(model):
+        logits = model(x, y)[0][0].float()  # (T, vocab)
     for h in hooks:
         h.remove()
     logp = F.log_softmax(logits, dim=-1)
@@ -138,7 +151,8 @@ def page_data(model, data, state, ids, targets, path):
     whole = (None, None)
     if whole_split:
         token_bytes = torch.tensor(bytes_of)
-        whole = gpt.full_val_loss(model, data.val, model.block_size, 'cpu', 16, token_bytes=token_bytes)
+        batch = max(1, 4096 // model.block_size)  # windows at once: 64 of 64 tokens, 4 of GPT-2's 1,024
+        whole = gpt.full_val_loss(model, data.val, model.block_size, 'cpu', batch, token_bytes=token_bytes)
     causal = bool(model.causal)
     # attention as bytes: round(w * 255); a causal model's rows stop at the diagonal
     rows = []
@@ -170,25 +184,27 @@ def head_habits(model, split):
     """Each head's mean attention on the token itself and on the one before, over `windows` windows
     of the split (drawn with seed 0), as {'self': (n_layer, n_head), 'previous': ...}, and what an
     even spread would give."""
-    if not windows:
-        return {}
     T = model.block_size
-    starts = split.random_starts((windows,), T, torch.Generator().manual_seed(0))
-    self_, previous = 0, 0
+    n = windows or max(1, 16384 // T)
+    starts = split.random_starts((n,), T, torch.Generator().manual_seed(0))
     windows_ids = torch.stack([torch.from_numpy(split.ids[s:s + T].astype(np.int64)) for s in starts])
-    for x in torch.split(windows_ids, 16):
-        model(x, x)
-        att = torch.stack([b.attn.att for b in model.blocks])  # (n_layer, B, n_head, T, T)
-        t = torch.arange(T)
-        self_ = self_ + att[..., t, t].mean(dim=-1).sum(dim=1)  # (n_layer, n_head)
-        previous = previous + att[..., t[1:], t[1:] - 1].mean(dim=-1).sum(dim=1)
+    n_layer, n_head = len(model.blocks), model.blocks[0].attn.n_head
+    self_, previous = torch.zeros(n_layer, n_head), torch.zeros(n_layer, n_head)
+    t = torch.arange(T)
+    # a batch whose attention weights, which every block keeps, stay near 16M numbers
+    for x in torch.split(windows_ids, max(1, 2**24 // (T * T * n_head * n_layer))):
+        with kept_attention(model):
+            model(x, x)
+        for layer, block in enumerate(model.blocks):
+            att = block.attn.att  # (B, n_head, T, T)
+            self_[layer] += att[..., t, t].mean(dim=-1).sum(dim=0)
+            previous[layer] += att[..., t[1:], t[1:] - 1].mean(dim=-1).sum(dim=0)
     # what attention spread evenly over the keys each token sees would give
     seen = torch.arange(1, T + 1.0)
     if not model.causal:
         seen = torch.full((T,), float(T))
-    return {'self': (self_ / windows).tolist(), 'previous': (previous / windows).tolist(),
-            'windows': windows, 'tokens': T, 'uniform_self': (1 / seen).mean().item(),
-            'uniform_previous': (1 / seen[1:]).mean().item()}
+    return {'self': (self_ / n).tolist(), 'previous': (previous / n).tolist(), 'windows': n, 'tokens': T,
+            'uniform_self': (1 / seen).mean().item(), 'uniform_previous': (1 / seen[1:]).mean().item()}
 
 
 def health(path):
