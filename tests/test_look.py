@@ -201,3 +201,8 @@ def test_pointing_at_a_token_in_a_real_browser_shows_its_numbers(trained):
     assert len(att) == len(page['tokens']) and att[:t + 1] == pytest.approx(row, abs=1e-4)
     assert all(a == 0 for a in att[t + 1:])  # the causal mask: nothing after the pointed token
     assert 'true next: ' in dom and re.search(rf'<span[^>]*data-t="{t}"[^>]*class="[^"]*\bon\b', dom)
+    # the logit lens: a row for each block, its top guess the page's (and the last block's, the model's own)
+    lens = re.findall(r'<tr><td>after block (\d+)</td><td>(.*?) (\d+)%</td>', dom)
+    assert [int(block) for block, _, _ in lens] == list(range(page['n_layer']))
+    tops = [page['tokens'][t]['lens'][layer][0] for layer in range(page['n_layer'])]
+    assert all(abs(100 * p - int(pct)) <= 0.5 + 1e-6 for (_, p), (_, _, pct) in zip(tops, lens))
