@@ -108,7 +108,7 @@ log_interval = 50  # a progress line every this many steps
 # memory and fine-tuning
 gradient_checkpointing = False  # recompute blocks' activations in backward: less memory, more time
 quantize = ''  # '', 'int8' or 'nf4': the blocks' Linears to evaluate and sample (a LoRA base's)
-int8_road = 'auto'  # int8's matmul: 'float', 'kernel' (exact int8 sums), or 'auto' (timed: roads.py)
+int8_road = 'auto'  # int8's matmul: 'float', 'kernel', or 'auto': the kernel where its sums are exact
 lora_rank = 0  # > 0 (with init_from=PATH): train only a low-rank update B @ A of the blocks' Linears
 lora_alpha = 16.0  # the low-rank update is scaled by lora_alpha / lora_rank
 # sampling, after training

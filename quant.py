@@ -36,7 +36,7 @@ class Int8Linear(QuantizedLinear):
     same numbers by int8 matmul: each token's row of x becomes 22-bit integer codes with its own
     scale (rounding at 2**-21 of the row's largest value, about fp32's own precision), cut into
     three int8 pieces, and one int8 matmul against the codes reads the weights once for all three.
-    roads.int8() times the two on this machine and sets `road`."""
+    roads.int8() chooses and sets `road`."""
 
     road = 'float'  # or 'kernel': roads.int8() chooses
 
