@@ -46,7 +46,7 @@ from checkpoint import start_from
 from checks import die, model_problems, problems, writes_out_dir
 from configurator import configure, knobs
 from machine import caught_signals, compile_and_wrap, finish_processes, flops_per_token, gather
-from machine import largest, peak_flops, set_precision, start_processes
+from machine import largest, peak_flops, start_processes
 from prepare import load_prepared
 import roads
 from stream import Printer, prompts

@@ -2,7 +2,6 @@
 the logit lens, the run's health), for every kind of model the project makes or loads; and, in a real
 browser (Debian's chromium), pointing at a token shows them."""
 import json
-import os
 import re
 import shutil
 import subprocess
