@@ -32,11 +32,14 @@ class Int8Linear(QuantizedLinear):
     Weight-only: the activations stay as they are, and both of its roads compute x @ dequantize()^T
     (plus the bias). The 'float' road (everywhere, and wherever gradients flow: LoRA on an int8
     base) multiplies by the codes as floats, then the scales. The 'kernel' road, for evaluating and
-    sampling on a CPU whose int8 matmul sums exactly (int8_kernel_is_exact: VNNI, AMX), reaches the
-    same numbers by int8 matmul: each token's row of x becomes 22-bit integer codes with its own
-    scale (rounding at 2**-21 of the row's largest value, about fp32's own precision), cut into
-    three int8 pieces, and one int8 matmul against the codes reads the weights once for all three.
-    roads.int8() chooses and sets `road`."""
+    sampling on a CPU whose int8 matmul sums exactly (int8_kernel_is_exact: with VNNI or AMX, and
+    with AVX2 alone), reaches the same numbers by int8 matmul: each token's row of x becomes 21-bit
+    integer codes with its own scale (steps of 2**-20 of the row's largest value, near fp32's own
+    precision), cut into three 7-bit digits, and one int8 matmul against the codes reads the
+    weights once for all three. Each digit goes in as digit - 128, in [-128, -1]: without VNNI the
+    kernel shifts its input by +128 and adds pairs of products in 16 bits, which digits in [0, 127]
+    keep under 2**15 (127 * 127 * 2 = 32258) and a full byte would not. roads.int8() sets `road`.
+    """
 
     road = 'float'  # or 'kernel': roads.int8() chooses
 
@@ -46,6 +49,9 @@ class Int8Linear(QuantizedLinear):
         self.register_buffer('scale', w.abs().amax(dim=1).clamp(min=1e-12) / 127)  # (out,)
         # (out, in)
         self.register_buffer('qweight', torch.round(w / self.scale[:, None]).to(torch.int8))
+        # (out,): what the kernel road's digits lose, FIX times. Not a buffer (not saved, not
+        # counted as weights): it is made from qweight, for the CPU's kernel road only
+        self.row_sums = self.qweight.sum(dim=1, dtype=torch.int32)
 
     def dequantize(self):
         return self.qweight.float() * self.scale[:, None]
@@ -56,38 +62,47 @@ class Int8Linear(QuantizedLinear):
             y = F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
             return y if self.bias is None else y + self.bias.to(x.dtype)
         rows = x.reshape(-1, self.in_features).float()  # (N, in): a token a row
-        x_scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / (2**21 - 1)  # (N, 1)
-        # in [-2**21, 2**21): hi * 2**14 + mid * 2**7 + lo
-        codes = torch.round(rows / x_scale).int().view(1, -1)  # (1, N * in)
-        # (3, N * in): hi in [-128, 127], mid, lo in [0, 127]
-        pieces = ((codes >> SHIFTS) & MASKS).to(torch.int8)
+        # (N, 1): each row's largest |x|
+        top = torch.linalg.vector_norm(rows, float('inf'), dim=1, keepdim=True).clamp(min=1e-12)
+        # in [1, 2**21): x is (code - 2**20) * top / (2**20 - 1), to half a step (+ 0.5, then int())
+        codes = torch.addcmul(OFFSET, rows, STEPS / top).int().view(1, -1)  # (1, N * in)
+        # (3, N * in): the digits lo, mid, hi (code = hi * 2**14 + mid * 2**7 + lo), each as
+        # digit - 128 (| -128 sets every bit above the digit's 7)
+        pieces = ((codes >> SHIFTS) | MINUS_128).to(torch.int8)
         # (3N, out), exact int32
         sums = torch._int_mm(pieces.view(-1, self.in_features), self.qweight.t())
-        # (1, N * out): the three pieces' sums, each at its place
-        y = torch.mm(PLACES, sums.view(3, -1).float())
-        y = y.view(len(rows), self.out_features) * (x_scale * self.scale)  # (N, out)
-        if self.bias is not None:
-            y = y + self.bias
+        # (3, N, out): the 128s the digits lost, less the 2**20 the codes gained
+        sums = torch.addcmul(sums.view(3, len(rows), -1), FIX, self.row_sums)
+        # (N, out): each digit's sums at its place
+        y = torch.mm(PLACES, sums.view(3, -1).float()).view(len(rows), -1) * top
+        y = y * self.scale if self.bias is None else torch.addcmul(self.bias, y, self.scale)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
-SHIFTS = torch.tensor([14, 7, 0], dtype=torch.int32).view(3, 1)  # where each piece of a code starts
-MASKS = torch.tensor([-1, 127, 127], dtype=torch.int32).view(3, 1)  # the top piece keeps the sign
-PLACES = torch.tensor([[2.0**14, 2.0**7, 1.0]])  # (1, 3): what each piece's sums are worth
+SHIFTS = torch.tensor([0, 7, 14], dtype=torch.int32).view(3, 1)  # where each digit of a code starts
+# constants as tensors: a Python number would be made a tensor at every call
+STEPS = torch.tensor(2**20 - 1.0)  # a row's largest |x| is this many steps
+OFFSET = torch.tensor(2**20 + 0.5)  # codes from 1 up, rounded
+MINUS_128 = torch.tensor(-128, dtype=torch.int32)
+# sum of (digit - 128) * 128**k is code - 128 * (1 + 2**7 + 2**14) = x's code - 1065088,
+# and 1065088 = 1 * 2**7 + 65 * 2**14: each output gets its weights' sum back, once
+# in mid's sums and 65 times in hi's
+FIX = torch.tensor([0, 1, 65], dtype=torch.int32).view(3, 1, 1)
+# (1, 3): what each digit's sums are worth, in steps of top / (2**20 - 1)
+PLACES = torch.tensor([[1.0, 2.0**7, 2.0**14]]) / (2**20 - 1)
 
 
 @functools.cache
 def int8_kernel_is_exact():
-    """Does torch._int_mm (oneDNN) sum int8 products exactly on this CPU? With VNNI
-    (AVX512-VNNI, AVX-VNNI, AMX) it does. Without (AVX2, AVX-512 before VNNI) it adds pairs
-    of products in 16 bits, which overflow on large codes (255 * 127 * 2 > 32767) and give
-    wrong sums, so Int8Linear takes its float road there. Asked of the kernel itself, on the
-    largest codes, for one row and for many."""
+    """Does torch._int_mm (oneDNN) sum Int8Linear's pieces exactly on this CPU? With VNNI (AVX512-VNNI,
+    AVX-VNNI, AMX) it sums any int8 exactly. Without (AVX2, AVX-512 before VNNI) it adds pairs of
+    products in 16 bits after shifting the inputs by +128: pieces in [-128, -1] stay exact there, any
+    wider input overflows. Asked of the kernel itself, on the largest products, for one row and for
+    many; where it says no (or has no CPU kernel), Int8Linear takes its float road."""
     g = torch.Generator().manual_seed(0)
     b = (torch.randint(0, 2, (48, 256), generator=g) * 254 - 127).to(torch.int8)  # +-127
     for n in (1, 40):
-        a = torch.where(torch.rand(n, 256, generator=g) < 0.5, -128, 127).to(torch.int8)
-        a[0] = 127
+        a = torch.where(torch.rand(n, 256, generator=g) < 0.5, -128, -1).to(torch.int8)
         try:
             if not torch.equal(torch._int_mm(a, b.t()).long(), a.long() @ b.long().t()):
                 return False

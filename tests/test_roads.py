@@ -148,3 +148,19 @@ def test_int8_takes_the_road_asked_or_timed_and_says_which(trained, asked):
         assert line.groups() == ('float', 'the kernel was asked, but this CPU does not sum int8 exactly')
     else:
         assert line.groups() == (asked, 'as asked')
+
+
+@pytest.mark.parametrize('asked', ['auto', 'float', 'kernel'])
+def test_int8_never_takes_a_kernel_whose_sums_are_wrong(monkeypatch, asked):
+    """Every CPU here sums the kernel road's pieces exactly (VNNI, or AVX2 alone); a CPU whose kernel did not
+    (or a torch without it) gets the float road, asked for the kernel or not, and its results stay right."""
+    import quant
+    monkeypatch.setattr(quant, 'int8_kernel_is_exact', lambda: False)
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 32)
+    model = torch.nn.Sequential(quant.Int8Linear(layer))
+    line = roads.int8(model, asked)
+    assert model[0].road == 'float' and line.startswith('int8 on the float road (')
+    with torch.no_grad():
+        x = torch.randn(5, 64)
+        assert torch.allclose(model(x), x @ model[0].dequantize().t() + layer.bias, atol=1e-5)
