@@ -7,6 +7,7 @@ gpt.py imports this only when --quantize asks for it; lora.py imports it in ever
 Linear swap they share, and QLoRA's base). It never imports gpt.
 """
 import functools
+import math
 
 import torch
 import torch.nn as nn
@@ -57,13 +58,16 @@ class Int8Linear(QuantizedLinear):
         return self.qweight.float() * self.scale[:, None]
 
     def forward(self, x):
-        if self.road != 'kernel' or torch.is_grad_enabled() or x.device.type != 'cpu':
-            # the scale is per output
-            y = F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
-            return y if self.bias is None else y + self.bias.to(x.dtype)
+        if self.road == 'kernel' and x.is_cpu and not torch.is_grad_enabled():
+            return self.kernel_road(x)
+        # the float road: the scale is per output
+        y = F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+    def kernel_road(self, x):
         rows = x.reshape(-1, self.in_features).float()  # (N, in): a token a row
         # (N, 1): each row's largest |x|
-        top = torch.linalg.vector_norm(rows, float('inf'), dim=1, keepdim=True).clamp(min=1e-12)
+        top = torch.linalg.vector_norm(rows, math.inf, dim=1, keepdim=True).clamp(min=1e-12)
         # in [1, 2**21): x is (code - 2**20) * top / (2**20 - 1), to half a step (+ 0.5, then int())
         codes = torch.addcmul(OFFSET, rows, STEPS / top).int().view(1, -1)  # (1, N * in)
         # (3, N * in): the digits lo, mid, hi (code = hi * 2**14 + mid * 2**7 + lo), each as
@@ -72,9 +76,9 @@ class Int8Linear(QuantizedLinear):
         # (3N, out), exact int32
         sums = torch._int_mm(pieces.view(-1, self.in_features), self.qweight.t())
         # (3, N, out): the 128s the digits lost, less the 2**20 the codes gained
-        sums = torch.addcmul(sums.view(3, len(rows), -1), FIX, self.row_sums)
+        sums = torch.addcmul(sums.view(3, -1, self.out_features), FIX, self.row_sums)
         # (N, out): each digit's sums at its place
-        y = torch.mm(PLACES, sums.view(3, -1).float()).view(len(rows), -1) * top
+        y = torch.mm(PLACES, sums.view(3, -1).float()).view(-1, self.out_features) * top
         y = y * self.scale if self.bias is None else torch.addcmul(self.bias, y, self.scale)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 

@@ -184,12 +184,13 @@ def newton_schulz(dev_type, shapes, asked='auto', saved=None, write=False):
 
 def int8(model, asked='auto'):
     """int8's road for each of the model's Int8Linears: 'kernel' (int8 matmul) or 'float' (the
-    codes as floats), both x @ dequantize()^T. 'auto' takes the kernel wherever it sums int8
-    exactly (quant.int8_kernel_is_exact asks the kernel itself), else the float road. This one is
-    not timed: on a 2-core AMD EPYC (2026-12-05) the float road's pace moved 3x from one 500-token
-    sample to the next (73 to 291 tokens/s at the lecture's size; a second of timing called it the
-    faster), while the kernel's stayed within 15% (230 to 270, about 1.4x float32's). Returns the
-    line that says which, and why."""
+    codes as floats), both x @ dequantize()^T. 'auto' takes the kernel wherever it sums the road's
+    pieces exactly (quant.int8_kernel_is_exact asks the kernel itself: with VNNI or AMX, and with
+    AVX2 alone), else the float road. This one is not timed: on a 2-core AMD EPYC (2026-12-05) the
+    float road's pace moved 3x from one 500-token sample to the next (73 to 291 tokens/s at the
+    lecture's size; a second of timing called it the faster), while the kernel's stayed within 15%
+    of its own (1.55x to 1.80x float32's in 4 runs of bench.py). Returns the line that says which,
+    and why."""
     import quant
     layers = [m for m in model.modules() if isinstance(m, quant.Int8Linear)]
     if not layers:
