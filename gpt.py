@@ -448,7 +448,7 @@ def sample_next(logits, temperature, top_k=0, top_p=1.0, generator=None):
     return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
 
 
-@torch.inference_mode()  # no_grad, lighter: no version counts; what it makes never enters autograd
+@torch.inference_mode()  # no_grad, lighter: no version counters; its tensors never enter autograd
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, kv_cache=True, generator=None,
              done=None):
     """Append up to max_new_tokens sampled tokens to idx (B, T); stop early once done(new_ids) is
