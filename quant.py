@@ -36,11 +36,11 @@ class Int8Linear(QuantizedLinear):
     sampling on a CPU whose int8 matmul sums exactly (int8_kernel_is_exact: with VNNI or AMX, and
     with AVX2 alone), reaches the same numbers by int8 matmul: each token's row of x becomes 21-bit
     integer codes with its own scale (steps of 2**-20 of the row's largest value: errors within 3x
-    of fp32's own matmul, docs/profile.md), cut into three 7-bit digits, and one int8 matmul against the codes reads the
-    weights once for all three. Each digit goes in as digit - 128, in [-128, -1]: without VNNI the
-    kernel shifts its input by +128 and adds pairs of products in 16 bits, which digits in [0, 127]
-    keep under 2**15 (127 * 127 * 2 = 32258) and a full byte would not. roads.int8() sets `road`.
-    """
+    of fp32's own matmul, docs/profile.md), cut into three 7-bit digits, and one int8 matmul
+    against the codes reads the weights once for all three. Each digit goes in as digit - 128, in
+    [-128, -1]: without VNNI the kernel shifts its input by +128 and adds pairs of products in 16
+    bits, which digits in [0, 127] keep under 2**15 (127 * 127 * 2 = 32258) and a full byte would
+    not. roads.int8() sets `road`."""
 
     road = 'float'  # or 'kernel': roads.int8() chooses
 

@@ -131,8 +131,8 @@ torch.save({'fast': quant.int8_kernel_is_exact(), 'exact': exact, 'y': y}, sys.a
 @pytest.mark.parametrize('isa', ['', 'AVX2'])
 def test_int8_gives_the_same_results_on_every_cpu(isa, tmp_path):
     """oneDNN limited to AVX2 (no VNNI) behaves as on an AVX2-only CPU: there it adds pairs of products in
-    16 bits, and any byte times 127 overflows them (an AVX512 CPU held to AVX2), but the kernel road's pieces in
-    [-128, -1] do not. The probe tells the kernel's truth, the kernel road runs wherever it is exact, and the
+    16 bits, which any byte times 127 can overflow (it does on an AVX512 CPU held to AVX2), but the kernel road's
+    pieces in [-128, -1] do not. The probe tells the kernel's truth, the kernel road runs wherever it is exact, and the
     layer's output is the same as this CPU's."""
     script = tmp_path / 'layer.py'
     script.write_text(INT8_LAYER)
