@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -33,7 +34,7 @@ import muon
 import quant
 import roads
 from checkpoint import load_checkpoint
-from checks import die
+from checks import die, value_problems
 from configurator import configure, knobs
 from machine import pick_device
 
@@ -116,8 +117,9 @@ def bench_sampling(model, dev):
     for kind in ('int8', 'nf4'):
         models[kind] = copy.deepcopy(model)
         quant.quantize_model(models[kind], kind)
-    int8 = roads.int8(models['int8'])  # its road here: the kernel where its sums are exact
     prompt = torch.zeros((1, 1), dtype=torch.long, device=dev)
+    # its road here: --int8_road's, or on 'auto' the faster of the exact roads (roads.py)
+    int8 = roads.int8(models['int8'], gpt.int8_road, lambda: models['int8'].generate(prompt, 16, temperature=0))
     settings = [('fp32', True), ('fp32', False), ('int8', True), ('nf4', True)]
     times = {s: [] for s in settings}
     for _ in range(gen_repeats):
@@ -291,4 +293,6 @@ if __name__ == '__main__':
     rest = [a for a in sys.argv[1:] if a not in own]
     configure(globals(), own)
     configure(vars(gpt), rest)
+    for problem in value_problems(SimpleNamespace(**knobs(vars(gpt))), gpt.ROOT):  # checks.py
+        die(problem)
     main(rest)

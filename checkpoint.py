@@ -41,15 +41,33 @@ def log_row(path, values, new=False):
         die(f"cannot write {path} ({e.strerror or e}); give another --out_dir, or free some space")
 
 
-def write_atomic(files):
+def trim_log(path, step):
+    """A resumed run's log.csv as its checkpoint at step left it: the rows written after it (by a
+    run that crashed before its next save), the step's 'final' row (the resumed run writes its
+    own) and a cut last line go."""
+    with open(path, encoding='utf-8', errors='replace') as f:
+        lines = f.read().split('\n')
+    kept = lines[:1]
+    for line in lines[1:-1]:  # the last is '' after a whole last line, or a cut one
+        cells = line.split(',')
+        if len(cells) < 2 or not cells[1].isdigit():
+            continue
+        if int(cells[1]) < step or (int(cells[1]) == step and cells[0] != 'final'):
+            kept.append(line)
+    if kept != lines[:-1]:
+        write_atomic({path: ('\n'.join(kept) + '\n').encode()})
+
+
+def write_atomic(files, fail=die):
     """Write {path: bytes, or a function that writes to an open file}: each to a temp file,
     fsynced, and only when all are written, each renamed over its old copy, in order (a dataset's
     meta.json last). A crash leaves the old files or the new ones; a write that fails (a full
-    disk, a folder that can't be written) removes the temp files and stops in one line, with the
-    old files as they were."""
+    disk, a folder that can't be written, a folder in a file's place) removes the temp files and
+    calls fail with one line (die: stop), the old files as they were."""
+    renamed = False
     try:
         for path, content in files.items():
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
             with open(path + '.tmp', 'wb') as f:
                 if callable(content):
                     content(f)
@@ -57,6 +75,9 @@ def write_atomic(files):
                     f.write(content)
                 f.flush()
                 os.fsync(f.fileno())
+        for path in files:
+            os.replace(path + '.tmp', path)
+            renamed = True
     except OSError as e:  # path is the file that failed
         for written in files:
             if os.path.lexists(written + '.tmp'):
@@ -64,9 +85,10 @@ def write_atomic(files):
         kept = ''
         if os.path.exists(path):
             kept = f": {path} keeps the last good state"
-        die(f"could not write {path} ({e.strerror or e}); nothing was changed and nothing partial is left{kept}")
-    for path in files:
-        os.replace(path + '.tmp', path)
+        if renamed:
+            return fail(f"could not write {path} ({e.strerror or e}); the files before it were written{kept}")
+        return fail(f"could not write {path} ({e.strerror or e}); nothing was changed and nothing partial is left"
+                    f"{kept}")
 
 
 def save_checkpoint(path, ckpt):
@@ -124,12 +146,13 @@ def full_weights(path, ckpt, tok, dataset, model_class, merge=True):
     LoRA run to resume)."""
     if 'lora' not in ckpt:
         return ckpt['model']
-    from lora import base_problem, merged_weights
-    base, problem = ckpt['base'], base_problem(ckpt['base'])
+    from lora import base_path, base_problem, merged_weights
+    base = base_path(path, ckpt['base'])
+    problem = base_problem(base, ckpt['base'])
     if problem:
-        die(f"{path} is a LoRA checkpoint on the base {base['path']}, which {problem}")
-    theirs = read_model(base['path'], '/', tok, dataset, ckpt['model_args']['block_size'])[0]
-    weights = full_weights(base['path'], theirs, tok, dataset, model_class)
+        die(f"{path} is a LoRA checkpoint on the base {base}, which {problem}")
+    theirs = read_model(base, '/', tok, dataset, ckpt['model_args']['block_size'])[0]
+    weights = full_weights(base, theirs, tok, dataset, model_class)
     return merged_weights(model_class(**ckpt['model_args']), weights, ckpt) if merge else weights
 
 
@@ -202,18 +225,20 @@ def resume(state, k, configured, data, model_class, log=print):
     return full_weights(state.ckpt_path, ckpt, data.tok, k.dataset, model_class, merge=False)
 
 
-def start_from(state, k, configured, data, model_class, root, write=True):
+def start_from(state, k, configured, data, model_class, root):
     """init_from=PATH: a checkpoint's (or GPT-2's) architecture and weights, from step 0. A new
-    LoRA run keeps its own link to the file of its base (lora.py; write=False on torchrun's other
-    processes)."""
+    LoRA run records its base (lora.py); it keeps its own link to it only once it trains. A run
+    that only evaluates or samples takes the checkpoint's precisions too."""
     limit = None
     if 'block_size' in configured:
         limit = k.block_size  # crops GPT-2's 1,024 positions
     ckpt, path = read_model(k.init_from, root, data.tok, k.dataset, limit)
     if k.lora_rank:
-        from lora import keep_base
+        from lora import base_record
         state.lora = {'rank': k.lora_rank, 'alpha': k.lora_alpha, 'quantize': k.quantize}
-        state.base = keep_base(path, os.path.join(root, k.out_dir), write=write)
+        state.base = base_record(path)
+    if not k.max_iters or k.eval_only:
+        state.roads = ckpt.get('roads')
     keep_model_settings(state, ckpt, k, configured)
     return full_weights(path, ckpt, data.tok, k.dataset, model_class)
 

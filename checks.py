@@ -71,9 +71,12 @@ def combination_problems(k, root, configured=()):
     named = k.init_from in ('scratch', 'resume')
     from_path = not named and os.path.exists(os.path.join(root, k.init_from))
     writes = writes_out_dir(k) and from_path
+    trains = k.max_iters > 0 and not k.eval_only
+    shaping = [name for name in ('min_lr', 'lr_decay_iters', 'schedule') if name in configured]
     checks = [
-        (k.decay_lr or 'min_lr' not in configured,
-         "min_lr is where the decay ends, and decay_lr=False has no decay: leave one of them out"),
+        (k.decay_lr or not shaping,
+         f"{', '.join(shaping)} shape{'s' * (len(shaping) == 1)} the decay, and decay_lr=False has none: "
+         f"leave one of them out"),
         (not (k.weight_init == 'pytorch' and k.tie_weights and k.init_from == 'scratch'),
          "weight_init='pytorch' with a tied head starts at a loss near 31 (the embedding's N(0, 1) "
          "init feeds the head): add --tie_weights=false, as the lecture's parts do"),
@@ -87,8 +90,9 @@ def combination_problems(k, root, configured=()):
          "eval_only needs a model: --init_from=resume or a checkpoint's path"),
         (k.int8_road == 'auto' or k.quantize == 'int8',
          f"int8_road chooses int8's matmul, and this run has quantize={k.quantize!r}: add --quantize=int8"),
-        (k.newton_schulz == 'auto' or k.optimizer == 'muon',
-         f"newton_schulz is Muon's precision, and this run has optimizer={k.optimizer!r}"),
+        (k.newton_schulz == 'auto' or (k.optimizer == 'muon' and not k.lora_rank and trains),
+         f"newton_schulz is Muon's precision, and this run trains no Muon (optimizer={k.optimizer!r}, "
+         f"lora_rank={k.lora_rank}: LoRA trains with AdamW, max_iters={k.max_iters}, eval_only={k.eval_only})"),
         (not (k.interactive and k.eval_only),
          "interactive answers prompts, and eval_only samples nothing: choose one"),
         (not k.export or (not named and k.max_iters == 0 and not k.eval_only),

@@ -42,7 +42,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint as recompute
 
 from checkpoint import claimed, log_row, load_checkpoint, restore_randomness, resume, save_checkpoint
-from checkpoint import start_from
+from checkpoint import start_from, trim_log
 from checks import die, model_problems, problems, writes_out_dir
 from configurator import configure, knobs
 from machine import caught_signals, compile_and_wrap, finish_processes, flops_per_token, gather
@@ -617,7 +617,7 @@ def build_model(run, data):
     if init_from == 'resume':  # checkpoint.py: the run in out_dir, with its step, time and best
         weights = resume(state, k, CONFIGURED, data, GPT, run.log)
     elif init_from != 'scratch':  # checkpoint.py: another model's weights, from step 0
-        weights = start_from(state, k, CONFIGURED, data, GPT, ROOT, run.master)
+        weights = start_from(state, k, CONFIGURED, data, GPT, ROOT)
     # checks.py: a block_size (the knob's, a checkpoint's) too long for the data, or a prompt too long
     for problem in model_problems(data, state.model_args['block_size'], prompt + state.template.get('sep', ''),
                                   stop, interactive):
@@ -742,8 +742,11 @@ def begin_log(run, model, state):
     per_token = flops_per_token(n_params, len(model.blocks), model.wte.embedding_dim, T)
     state.flops_per_iter = per_token * state.tokens_per_iter
     state.lr = get_lr(state.iter_num, 0, learning_rate, min_lr, warmup_iters)
-    if init_from != 'resume' or not os.path.exists(os.path.join(ROOT, out_dir, 'log.csv')):
+    log = os.path.join(ROOT, out_dir, 'log.csv')
+    if init_from != 'resume' or not os.path.exists(log):
         write_csv(run, state, 'header')
+    elif run.master:  # as the checkpoint left it: rows a crash wrote after it go
+        trim_log(log, state.iter_num)
 
 
 def evaluate_and_save(run, model, raw_model, optimizers, data, state):
@@ -900,9 +903,11 @@ def inference_model(model, state):
     if quantize and not qlora:
         from quant import quantize_model
         print(quantize_model(model, quantize))  # how much smaller the weights became
-    if quantize == 'int8':
-        print(roads.int8(model, int8_road))  # which of int8's roads, and why
-    return model.eval()
+    model.eval()
+    if quantize == 'int8':  # which of int8's roads, and why: the faster on 16 greedy tokens
+        start = torch.zeros((1, 1), dtype=torch.long, device=model.wte.weight.device)
+        print(roads.int8(model, int8_road, lambda: generate(model, start, 16, temperature=0)))
+    return model
 
 
 @torch.no_grad()
@@ -972,6 +977,9 @@ def main():
         # max_iters=0 (or eval_only) with a loaded model: no training, only what follows
         trains = max_iters > 0 and not eval_only
         choose_roads(run, model, data, state, trains)  # the precisions: as asked, or timed here
+        if trains and state.lora and state.ckpt is None and run.master:  # lora.py: its base kept safe
+            from lora import keep_base
+            keep_base(state.base, os.path.join(ROOT, out_dir))
         if trains:
             optimizers = make_optimizers(run, model, state)
             restore_randomness(run, state)
@@ -988,7 +996,7 @@ def main():
             loss, bpb = evaluate(run, model, data, state)
         if trains:
             write_csv(run, state, 'final', val_loss=loss, val_bpb=bpb)
-    if not eval_only:  # eval_only stops at the whole-split loss
+    if not eval_only and max_new_tokens > 0:  # eval_only stops at the whole-split loss
         sample(run, model, data, state)
 
 

@@ -14,6 +14,7 @@ import shutil
 import torch
 import torch.nn as nn
 
+from checks import die
 from quant import QuantizedLinear, quantize_model, swap_linears
 
 
@@ -61,19 +62,37 @@ def sha256(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def keep_base(path, out_dir, write=True):
-    """A new LoRA run's base, kept safe: a hard link in <out_dir>/base/ to the file the run starts
-    from (a copy where a link can't be made), and with GPT-2 the other files of its folder.
-    Checkpoints are replaced by renames, so a later run that rewrites the original leaves the
-    linked file whole. Returns the base's record, {'path', 'sha256', 'from'}; write=False
-    (torchrun's other processes) only names it."""
-    folder = os.path.join(out_dir, 'base')
-    names = [os.path.basename(path)]
-    if path.endswith('.safetensors'):  # GPT-2: its config and tokenizer come from the same folder
+def base_record(path):
+    """A new LoRA run's record of its base: {'path': where the run keeps it, from the run's folder
+    (so the folder can be copied or moved whole), 'sha256', 'from': the file it came from}."""
+    return {'path': os.path.join('base', os.path.basename(path)), 'sha256': sha256(path),
+            'from': os.path.abspath(path)}
+
+
+def base_path(ckpt_path, base):
+    """Where a LoRA checkpoint's base is: beside it in base/ (older checkpoints name an absolute path)."""
+    return os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), base['path'])
+
+
+def keep_base(base, out_dir):
+    """A new LoRA run's base, kept safe before it trains: a hard link in <out_dir>/base/ to the
+    file the run starts from (a copy where a link can't be made), and with GPT-2 the other files
+    of its folder. Checkpoints are replaced by renames, so a later run that rewrites the original
+    leaves the linked file whole. A kept base of other bytes that a checkpoint in out_dir names is
+    never replaced: the run is refused."""
+    kept = os.path.join(out_dir, base['path'])
+    if os.path.isfile(kept) and sha256(kept) == base['sha256']:
+        return
+    named = [n for n in ('ckpt.pt', 'best.pt') if os.path.isfile(os.path.join(out_dir, n))]
+    if os.path.isfile(kept) and named:
+        die(f"{out_dir} holds a LoRA run whose {named[0]} needs its kept base, {kept}, and this run "
+            f"starts from another: give another --out_dir")
+    names = [os.path.basename(kept)]
+    if kept.endswith('.safetensors'):  # GPT-2: its config and tokenizer come from the same folder
         names = ['config.json', 'model.safetensors', 'vocab.json', 'merges.txt']
-    for name in names if write else []:
-        source, target = os.path.join(os.path.dirname(path), name), os.path.join(folder, name)
-        os.makedirs(folder, exist_ok=True)
+    for name in names:
+        source, target = os.path.join(os.path.dirname(base['from']), name), os.path.join(out_dir, 'base', name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
         if os.path.lexists(target + '.tmp'):
             os.remove(target + '.tmp')
         try:
@@ -81,18 +100,16 @@ def keep_base(path, out_dir, write=True):
         except OSError:  # another file system, or one without links
             shutil.copyfile(source, target + '.tmp')
         os.replace(target + '.tmp', target)
-    kept = os.path.join(folder, os.path.basename(path))
-    # torchrun's other processes may get here before process 0 has made the link:
-    # they hash the source, the same bytes
-    return {'path': kept, 'sha256': sha256(kept if write else path), 'from': os.path.abspath(path)}
+    if sha256(kept) != base['sha256']:
+        die(f"{base['from']} changed while this run started; run it again")
 
 
-def base_problem(base):
-    """Why a LoRA checkpoint's base ({'path', 'sha256'}) can't be used, or
+def base_problem(path, base):
+    """Why a LoRA checkpoint's base (at path; its record {'path', 'sha256'}) can't be used, or
     '' when it is the very file."""
-    if not os.path.isfile(base['path']):
+    if not os.path.isfile(path):
         return f"is missing; put it back (it was {base['from']})" if 'from' in base else "is missing; put it back"
-    if sha256(base['path']) != base['sha256']:
+    if sha256(path) != base['sha256']:
         return "has changed since (sha256 differs)"
     return ''
 

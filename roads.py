@@ -4,26 +4,35 @@ training step computes in (dtype='auto'), the precision of Muon's Newton-Schulz,
 int8 weights. On a GPU the answers are known (bf16 autocast where the GPU has it). On a CPU a list
 of flags can't tell: bf16 autocast ran faster than float32 on an AMD EPYC with AVX512-BF16 and
 slower on an Intel Xeon with AMX (docs/profile.md). So each candidate is timed here, on the run's
-own shapes, for about a second, and the fastest is taken: float32, the exact one, unless the
-other is faster by MARGIN. int8's road is the one not timed (int8() says why).
+own shapes, in alternating turns for about a second, and the medians are compared: float32, the
+exact one, unless the other is faster by MARGIN.
 
-The answers are kept in a small JSON file (CACHE) per CPU, torch version, thread count and shape,
-so that every run of one config on one machine takes the same roads; a checkpoint keeps its run's
-roads, and a resumed run takes them again. Only a run that trains writes the file: sampling and
-evaluation read it, or measure and keep the answer to themselves. The knobs dtype, newton_schulz
-and int8_road choose a road by hand. It never imports gpt.
+The answers of a run that trains are kept in a small JSON file (CACHE) per CPU, torch version,
+thread count and shape, so that every run of one config on one machine takes the same roads; a
+checkpoint keeps its run's roads, and a resumed run takes them again. A timing is kept only when
+its turns agree (KEPT_IF): a machine busy with another process gives turns 5-10x apart, and its
+verdict is used once, never kept. MINIGPT_MEASURE_AGAIN=1 times again and replaces what was kept.
+Evaluating and sampling a checkpoint time nothing: it runs in its own precision. The knobs dtype,
+newton_schulz and int8_road choose a road by hand. It never imports gpt.
 """
 import json
 import os
+import statistics
 import time
 
 import torch
 
+from checkpoint import fcntl, write_atomic
+from checks import die
 from machine import cpu_name, largest, set_precision
 
 CACHE = os.environ.get('MINIGPT_ROADS', os.path.join(os.path.expanduser('~'), '.cache', 'minigpt', 'roads.json'))
-MARGIN = 1.1  # an approximate road (bf16) is taken only when it is at least 10% faster
-BUDGET_S = 1.0  # about this long timing one choice; at least one timing of each candidate
+MARGIN = 1.1  # an approximate road (bf16) is taken only when its median is at least 10% faster
+BUDGET_S = 1.0  # about this long timing one choice
+TURNS = (3, 9)  # at least 3 alternating turns of each candidate, at most 9
+# a timing is kept when each road's slowest turn is within 2x its fastest (idle turns of a training
+# step spread 1.3x-1.5x on an Intel Xeon, 2026-12-07), and an approximate road won every turn
+KEPT_IF = 2.0
 
 
 def machine_key():
@@ -31,63 +40,79 @@ def machine_key():
     return f"{cpu_name()}; torch {torch.__version__}; {torch.get_num_threads()} threads"
 
 
-def read_cache():
-    """The cache file's answers, {} where there is none or it can't be read (it is measured again)."""
+def read_cache(say=True):
+    """The cache file's answers, {} where there is none or it can't be read (said: it is measured
+    again, and replaced by the next run that trains)."""
+    if not os.path.lexists(CACHE):
+        return {}
     try:
         with open(CACHE) as f:
             answers = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(answers, dict):
-        return {}
-    return answers
+    except (OSError, ValueError) as e:
+        answers = f"{type(e).__name__}"
+    if isinstance(answers, dict):
+        return answers
+    if say:
+        print(f"note: the kept roads, {CACHE}, could not be read ({answers}); they are measured again")
+    return {}
 
 
 def remember(key, answer):
-    """Add an answer to the cache file: written whole, then renamed into place. A cache that can't
-    be written is said, and the run goes on."""
-    answers = read_cache()
-    answers[key] = answer
+    """Add an answer to the cache file, under a lock (runs that end at once lose none of each
+    other's answers), written whole. A cache that can't be written is said, and the run goes on."""
+    def note(problem):
+        print(f"note: could not keep the measured roads in {CACHE} ({problem}); the next run measures again")
     try:
-        os.makedirs(os.path.dirname(CACHE), exist_ok=True)
-        with open(CACHE + '.tmp', 'w') as f:
-            json.dump(answers, f, indent=1, sort_keys=True)
-        os.replace(CACHE + '.tmp', CACHE)
+        os.makedirs(os.path.dirname(CACHE) or '.', exist_ok=True)
+        with open(CACHE + '.lock', 'a') as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            answers = read_cache(say=False)
+            answers[key] = answer
+            text = json.dumps(answers, indent=1, sort_keys=True)
+            write_atomic({CACHE: text.encode()}, fail=note)
     except OSError as e:
-        print(f"note: could not keep the measured roads in {CACHE} ({e.strerror or e}); the next run measures again")
+        note(e.strerror or e)
 
 
-def fastest(candidates, budget_s=BUDGET_S):
-    """Time each of {name: fn} in turns, after one call each to warm up: the best time of each, in
-    seconds. Turns alternate, so a machine that slows down slows all alike."""
-    best = {}
+def samples(candidates, budget_s=BUDGET_S):
+    """Time each of {name: fn} in alternating turns, after one call each to warm up: {name: [the
+    seconds of each turn]}. Turns alternate, so a machine that slows down slows all alike."""
+    warm = {}
     for name, fn in candidates.items():
         t0 = time.perf_counter()
         fn()
-        best[name] = time.perf_counter() - t0
-    rounds = max(1, min(5, int(budget_s / max(sum(best.values()), 1e-6))))
-    best = {name: float('inf') for name in candidates}
-    for _ in range(rounds):
+        warm[name] = time.perf_counter() - t0
+    turns = max(TURNS[0], min(TURNS[1], int(budget_s / max(sum(warm.values()), 1e-6))))
+    times = {name: [] for name in candidates}
+    for _ in range(turns):
         for name, fn in candidates.items():
             t0 = time.perf_counter()
             fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
-def decide(key, candidates, exact, write):
-    """The cached answer for key, or the candidates timed: the exact one unless another is MARGIN
-    faster. Returns (name, why)."""
+def decide(key, candidates, prefer, write):
+    """The kept answer for key, or the candidates timed: the preferred one (the exact one) unless
+    another's median is MARGIN faster. A timing whose turns agree is kept where write is true.
+    Returns (name, why)."""
     full_key = f"{machine_key()}; {key}"
     cached = read_cache().get(full_key)
-    if isinstance(cached, dict) and cached.get('road') in candidates:
+    again = os.environ.get('MINIGPT_MEASURE_AGAIN', '') not in ('', '0')
+    if not again and isinstance(cached, dict) and cached.get('road') in candidates:
         return cached['road'], f"measured here on {cached['date']}: {cached['timing']}"
-    times = fastest(candidates)
-    road = exact
-    for name, t in times.items():
-        if t * MARGIN < times[exact] and t < times[road]:
+    times = samples(candidates)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    road = prefer
+    for name, t in median.items():
+        if t * MARGIN < median[prefer] and t < median[road]:
             road = name
-    timing = ', '.join(f"{name} {1000 * t:.1f} ms" for name, t in times.items())
+    steady = all(max(t) <= KEPT_IF * min(t) for t in times.values())
+    every_turn = all(a * MARGIN < b for a, b in zip(times[road], times[prefer])) or road == prefer
+    timing = ', '.join(f"{name} {1000 * t:.1f} ms" for name, t in median.items())
+    if not (steady and every_turn):
+        return road, f"measured now, not kept: its turns disagreed ({timing}, medians)"
     if write:
         remember(full_key, {'road': road, 'timing': timing, 'date': time.strftime('%Y-%m-%d')})
     return road, f"measured now: {timing}"
@@ -101,6 +126,8 @@ def choose(run, model, model_args, batch, asked, saved, trains, muon_trains):
     shapes = []  # Muon's matrices
     if muon_trains:
         shapes = [tuple(p.shape) for name, p in model.named_parameters() if p.dim() >= 2 and name.startswith('blocks.')]
+    if asked['newton_schulz'] != 'auto' and not muon_trains:  # a resumed LoRA run: AdamW alone
+        die("newton_schulz is Muon's precision, and this run trains no Muon: leave --newton_schulz out")
     chosen = [0, 0]
     why = ns_why = "process 0's"
     if run.master:
@@ -120,11 +147,13 @@ PRECISIONS = ('float32', 'bfloat16', 'float16')
 
 def precision(dev_type, model, model_args, batch, asked='auto', saved=None, trains=True):
     """The precision of the forward passes: (name, why). dtype='auto' takes, on CUDA, bf16 autocast
-    (fp16 where the GPU lacks bf16); on a CPU, float32 or bf16 autocast, whichever ran this model
-    faster: a training micro-step on batch (a forward pass where the run does not train); on MPS
-    float32. A resumed run takes its own. Only a run that trains keeps what it timed."""
+    (fp16 where the GPU lacks bf16); on a CPU, float32 or bf16 autocast, whichever ran a training
+    micro-step of this model on batch faster; on MPS float32. A resumed run takes its own; a run
+    that only evaluates or samples takes its checkpoint's own (saved), or float32."""
     if asked != 'auto':
         return asked, 'as asked'
+    if not trains:  # one checkpoint, one figure: the same whole-split loss however it is loaded
+        return saved or 'float32', f"the checkpoint's own{'' if saved else ': it names none'}"
     if saved:
         return saved, 'as this run chose when it started'
     if dev_type == 'cuda':
@@ -138,19 +167,13 @@ def precision(dev_type, model, model_args, batch, asked='auto', saved=None, trai
     def step(dtype):
         def run():
             with torch.autocast('cpu', dtype=dtype, enabled=dtype != torch.float32):
-                with torch.set_grad_enabled(trains):
-                    _, loss = model(x, y)
-            if trains:
-                loss.backward()
+                _, loss = model(x, y)
+            loss.backward()
         return run
 
-    what = 'a forward pass'
-    if trains:
-        what = 'a training micro-step'
-    key = f"{what} of a GPT {json.dumps(model_args, sort_keys=True)} on a batch {tuple(x.shape)}"
+    key = f"a training micro-step of a GPT {json.dumps(model_args, sort_keys=True)} on a batch {tuple(x.shape)}"
     with torch.random.fork_rng():  # dropout's draws: the run's own are left as they were
-        road, why = decide(key, {'float32': step(torch.float32), 'bfloat16': step(torch.bfloat16)},
-                           'float32', trains)
+        road, why = decide(key, {'float32': step(torch.float32), 'bfloat16': step(torch.bfloat16)}, 'float32', True)
     for p in model.parameters():
         p.grad = None
     return road, why
@@ -182,15 +205,16 @@ def newton_schulz(dev_type, shapes, asked='auto', saved=None, write=False):
     return decide(key, {'float32': all_of(torch.float32), 'bfloat16': all_of(torch.bfloat16)}, 'float32', write)
 
 
-def int8(model, asked='auto'):
+def int8(model, asked='auto', sample=None):
     """int8's road for each of the model's Int8Linears: 'kernel' (int8 matmul) or 'float' (the
-    codes as floats), both x @ dequantize()^T. 'auto' takes the kernel wherever it sums the road's
-    pieces exactly (quant.int8_kernel_is_exact asks the kernel itself: with VNNI or AMX, and with
-    AVX2 alone), else the float road. This one is not timed: on a 2-core AMD EPYC (2026-12-05) the
-    float road's pace moved 3x from one 500-token sample to the next (73 to 291 tokens/s at the
-    lecture's size; a second of timing called it the faster), while the kernel's stayed within 15%
-    of its own (1.55x to 1.80x float32's in 4 runs of bench.py). Returns the line that says which,
-    and why."""
+    codes as floats), both x @ dequantize()^T. The kernel is a road only where it sums the road's
+    pieces exactly (quant.int8_kernel_is_exact asks the kernel itself). 'auto' takes the faster
+    of the exact roads, timed here on sample() (a short cached sample): the kernel unless the float
+    road's median is MARGIN faster. Neither wins everywhere: at the lecture's size the kernel ran
+    1.55x-1.80x float32 on an AVX512 AMD EPYC (2026-12-05), and 0.26x on an AVX2-only one, where
+    the float road ran 164-183 tokens/s against the kernel's 40 (2026-12-07). Sampling keeps
+    nothing, so this is timed in every run that quantizes to int8. Returns the line that says
+    which, and why."""
     import quant
     layers = [m for m in model.modules() if isinstance(m, quant.Int8Linear)]
     if not layers:
@@ -199,10 +223,17 @@ def int8(model, asked='auto'):
     road, why = asked, 'as asked'
     if asked == 'kernel' and not exact:
         road, why = 'float', 'the kernel was asked, but this CPU does not sum int8 exactly'
-    elif asked == 'auto' and exact:
-        road, why = 'kernel', 'this CPU sums int8 exactly, and the kernel kept its pace where the float road did not'
-    elif asked == 'auto':
+    elif asked == 'auto' and not exact:
         road, why = 'float', 'this CPU does not sum int8 exactly'
+    elif asked == 'auto':
+        def on(name):
+            def run():
+                for m in layers:
+                    m.road = name
+                sample()
+            return run
+        road, why = decide('int8', {'kernel': on('kernel'), 'float': on('float')}, 'kernel', False)
+        why = why.replace('measured now', 'both exact here; timed now on a short sample')
     for m in layers:
         m.road = road
     return f"int8 on the {road} road ({why})"
