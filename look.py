@@ -21,14 +21,15 @@ import math
 import os
 import sys
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 import gpt
-from checkpoint import LOG_COLUMNS, load_checkpoint
-from checks import die
+from checkpoint import LOG_COLUMNS, load_checkpoint, write_atomic
+from checks import die, problems
 from configurator import configure, knobs
 from machine import set_precision, start_processes
 
@@ -41,46 +42,59 @@ windows = 0  # val windows for each head's habits; 0: as many as hold 16,384 tok
 whole_split = True  # the whole val split's loss (minutes for a GPT-2-sized model on a CPU)
 # -----------------------------------------------------------------------------
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'look_page.html')  # its HTML and JS
+SLOT = '<script id="data" type="application/json">'  # where the page keeps its numbers
+PLACEHOLDER = '/*DATA*/null'  # what stands there in the template
 
 
-def build(path):
+def build(path, text):
     """The model at path, as gpt.py builds it to sample, with its data and state (iter_num: the
-    checkpoint's step), in float32."""
+    checkpoint's step), in float32, and what its Linears were quantized to ('none', or a QLoRA
+    base's type). gpt.py's checks run on the knobs passed on, and the windows and the text are
+    checked, before the model is built."""
     gpt.init_from = path
     gpt.max_iters = 0
     gpt.device = 'cpu'
     step = None  # a GPT-2 folder's
+    quantized = gpt.quantize or 'none'
+    T = 1024  # GPT-2's context, unless --block_size crops it
+    if 'block_size' in gpt.CONFIGURED:
+        T = gpt.block_size
     if os.path.isfile(path):
         ckpt = load_checkpoint(path, 'gpt')  # one line for a missing, damaged or foreign file
         step = ckpt['iter_num']
+        T = ckpt['model_args']['block_size']
+        quantized = (ckpt.get('lora') or {}).get('quantize') or quantized  # a QLoRA base's
         if 'dataset' not in gpt.CONFIGURED:  # a checkpoint knows its dataset
             gpt.dataset = ckpt['config'].get('dataset', gpt.dataset)
+    for problem in problems(SimpleNamespace(**knobs(vars(gpt))), gpt.ROOT, gpt.CONFIGURED):  # checks.py
+        die(problem)
     data = gpt.load_data(gpt.dataset)
+    held = max(1, (len(data.val.ids) - 1) // T)
+    if windows > held:
+        die(f"--windows={windows}: the val split holds {held:,} windows of {T} tokens")
+    if text is not None and data.tok.unknown(text):
+        die(f"the text has characters that are not in the model's vocabulary: {data.tok.unknown(text)}")
+    if text is not None and len(data.tok.encode(text)) > min(n_tokens, T):
+        print(f"note: the text is {len(data.tok.encode(text)):,} tokens; the page shows the first "
+              f"{min(n_tokens, T)} (n_tokens {n_tokens}, the model's context {T})")
     run = start_processes('cpu')
     model, state = gpt.build_model(run, data)
     set_precision(run, 'float32', 'the page shows the model in float32')
     model = gpt.inference_model(model, state)
     state.iter_num = step
-    return model, data, state
+    return model, data, state, quantized
 
 
-def chosen_ids(model, data):
-    """The tokens to look at, and the true next token of each (-1 where the text ends): the prompt,
-    the file, or the start of the val split."""
+def chosen_ids(model, data, text):
+    """The tokens to look at, and the true next token of each (-1 where the text ends): the text
+    (of --prompt or --text_file), or the start of the val split."""
     n = min(n_tokens, model.block_size)
-    if prompt or text_file:
-        text = prompt
-        if text_file:
-            with open(text_file, encoding='utf-8', errors='replace') as f:
-                text = f.read()
-        unknown = data.tok.unknown(text)
-        if unknown:
-            die(f"the text has characters that are not in the model's vocabulary: {unknown}")
+    if text is not None:
         ids = data.tok.encode(text)[:n + 1]
     else:
         ids = [int(i) for i in data.val.ids[:n + 1]]
     if len(ids) < 2:
-        die("the text is shorter than two tokens: give a longer --prompt")
+        die(f"the text of {text_file or '--prompt'} is shorter than two tokens")
     targets = ids[1:] + [-1] * (len(ids) <= n)
     return ids[:n], targets[:n]
 
@@ -123,8 +137,8 @@ def look(model, ids, targets):
     return loss, true_rank, top, lens, att
 
 
-def page_data(model, data, state, ids, targets, path):
-    """Everything the page shows, as one JSON-able dict."""
+def page_data(model, data, state, ids, targets, path, what):
+    """Everything the page shows, as one JSON-able dict; what: its 'quantize' and 'health'."""
     loss, rank, top, lens, att = look(model, ids, targets)
     tok = data.tok
     scored = [t for t in range(len(ids)) if targets[t] >= 0]
@@ -172,10 +186,10 @@ def page_data(model, data, state, ids, targets, path):
                  'parameters': sum(p.numel() for p in model.parameters()), 'file_bytes': ckpt_bytes,
                  'model_args': state.model_args,
                  'tokenizer': f"{tok.describe()['type']}, {tok.vocab_size} tokens",
-                 'dataset': gpt.dataset, 'quantize': gpt.quantize or 'none',
+                 'dataset': gpt.dataset, 'quantize': what['quantize'],
                  'whole_val_loss': whole[0], 'whole_val_bpb': whole[1]},
         'heads': head_habits(model, data.val),
-        'health': health(path),
+        'health': what['health'],
     }
 
 
@@ -185,7 +199,7 @@ def head_habits(model, split):
     of the split (drawn with seed 0), as {'self': (n_layer, n_head), 'previous': ...}, and what an
     even spread would give."""
     T = model.block_size
-    n = windows or max(1, 16384 // T)
+    n = windows or min(max(1, 16384 // T), max(1, (len(split.ids) - 1) // T))
     starts = split.random_starts((n,), T, torch.Generator().manual_seed(0))
     windows_ids = torch.stack([torch.from_numpy(split.ids[s:s + T].astype(np.int64)) for s in starts])
     n_layer, n_head = len(model.blocks), model.blocks[0].attn.n_head
@@ -233,18 +247,50 @@ def attention_of(data, n_tokens_seen):
     return rows
 
 
+def is_page(path):
+    """Whether the file at path is a page look.py wrote (its data in place of the placeholder)."""
+    with open(path, encoding='utf-8', errors='replace') as f:
+        html = f.read()
+    return SLOT in html and PLACEHOLDER not in html
+
+
 def write_page(data, target):
-    """The page: look_page.html with the data inside. One file, nothing fetched."""
+    """The page: look_page.html with the data inside, written whole. One file, nothing fetched."""
     with open(PAGE, encoding='utf-8') as f:
         html = f.read()
+    if html.count(PLACEHOLDER) != 1:
+        die(f"{PAGE} has lost its placeholder {PLACEHOLDER}: restore it (git checkout look_page.html)")
     payload = json.dumps(data, separators=(',', ':')).replace('</', '<\\/')
-    html = html.replace('/*DATA*/null', payload)
-    try:
-        with open(target, 'w', encoding='utf-8') as f:
-            f.write(html)
-    except OSError as e:
-        die(f"cannot write {target} ({e.strerror or e})")
+    html = html.replace(PLACEHOLDER, payload)
+    write_atomic({target: html.encode('utf-8')})
     print(f"wrote {target} ({len(html) / 2**20:.1f} MiB): open it in a browser")
+
+
+def target_of(path):
+    """The page's file: --out, or look.html beside the checkpoint; refused in one line where it
+    would write over a file that is not a page of look.py's, or into a folder that isn't there."""
+    target = out or 'look.html'
+    if not out and os.path.isfile(path):  # beside the checkpoint
+        target = os.path.join(os.path.dirname(os.path.abspath(path)), 'look.html')
+    if not target.endswith('.html'):
+        die(f"--out must be an .html file, not '{target}'")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(target))):
+        die(f"--out={target}: there is no folder {os.path.dirname(target)}")
+    if os.path.exists(target) and (not os.path.isfile(target) or not is_page(target)):
+        die(f"{target} exists and is not a page that look.py wrote: give another --out")
+    return target
+
+
+def text_of():
+    """The text to look at: --prompt's, --text_file's, or None (the start of the val split)."""
+    if prompt and text_file:
+        die("give --prompt or --text_file, not both")
+    if not text_file:
+        return prompt or None
+    if not os.path.isfile(text_file):
+        die(f"--text_file={text_file}: there is no such file")
+    with open(text_file, encoding='utf-8', errors='replace') as f:
+        return f.read()
 
 
 def main(paths):
@@ -252,24 +298,44 @@ def main(paths):
         die("give one model: python look.py out/ckpt.pt (or a GPT-2 folder) [--prompt=TEXT] [--out=X.html]")
     if n_tokens < 2 or windows < 0:
         die(f"n_tokens must be at least 2 (not {n_tokens}), and windows at least 0 (not {windows})")
-    target = out or 'look.html'
-    if not out and os.path.isfile(paths[0]):  # beside the checkpoint
-        target = os.path.join(os.path.dirname(os.path.abspath(paths[0])), 'look.html')
-    if not target.endswith('.html'):
-        die(f"--out must be an .html file, not '{target}'")
     path = paths[0]
+    if os.path.isfile(os.path.join(path, 'ckpt.pt')):
+        die(f"{path} is a run's folder: give its checkpoint, {os.path.join(path, 'ckpt.pt')} (or best.pt)")
+    if not os.path.exists(path) and not path.startswith('gpt2'):
+        die(f"there is no file or folder {path}: give a checkpoint (out/ckpt.pt) or a GPT-2 folder")
+    target = target_of(path)
+    text = text_of()
+    run_health = health(path)  # a damaged log.csv is refused before the work
     if os.path.exists(path):  # a file or a folder here; else a hub name (gpt2, ...)
         path = os.path.abspath(path)
-    model, data, state = build(path)
-    ids, targets = chosen_ids(model, data)
-    write_page(page_data(model, data, state, ids, targets, paths[0]), target)
+    model, data, state, quantized = build(path, text)
+    ids, targets = chosen_ids(model, data, text)
+    what = {'quantize': quantized, 'health': run_health}
+    write_page(page_data(model, data, state, ids, targets, paths[0], what), target)
+
+
+# gpt.py's knobs that look.py passes on: what it looks at and how the model is made to sample
+PASSED = ('dataset', 'quantize', 'int8_road', 'lora_rank', 'lora_alpha', 'block_size')
 
 
 def configure_both(options):
-    """look.py's own knobs, then gpt.py's (dataset, quantize, ...), from --key=value options."""
-    own = [a for a in options if a.split('=')[0].lstrip('-') in knobs(globals())]
+    """look.py's own knobs, then those of gpt.py's it passes on (PASSED), from --key=value
+    options. Any other knob of gpt.py's would be ignored, so it is refused."""
+    if '--help' in options:
+        print(__doc__.strip() + f"\n\ngpt.py's knobs it passes on: {', '.join(PASSED)}\n")
+        configure(globals(), ['--help'])
+    own, theirs = [], []
+    for option in options:
+        key = option.split('=')[0].lstrip('-')
+        if key in PASSED:
+            theirs.append(option)
+        elif key in knobs(vars(gpt)) and key not in knobs(globals()):
+            die(f"--{key} is gpt.py's, and look.py does not use it (the page shows the model in float32 on "
+                f"the CPU); of gpt.py's knobs it takes {', '.join(PASSED)}")
+        else:
+            own.append(option)
     configure(globals(), own)
-    configure(vars(gpt), [a for a in options if a not in own])
+    configure(vars(gpt), theirs)
 
 
 if __name__ == '__main__':

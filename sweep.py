@@ -26,6 +26,7 @@ reported in its row, the sweep goes on, and it exits 1.
 """
 import contextlib
 import csv
+import ctypes
 import hashlib
 import io
 import itertools
@@ -39,6 +40,7 @@ import time
 from types import SimpleNamespace
 
 import gpt
+from checkpoint import fcntl, write_atomic
 from checks import die, problems
 from configurator import configure, knobs
 from plot import pyplot, save
@@ -96,12 +98,28 @@ def whole(value):
 
 
 def command_record(configs, args):
-    """What makes two runs the same run: gpt.py's arguments, and the text of each config file."""
+    """What makes two runs the same run: gpt.py's settings (a knob given twice is its last value;
+    their order is not), and the text of each config file, in order."""
     digests = {}
     for path in configs:
         with open(path, 'rb') as f:
             digests[path] = hashlib.sha256(f.read()).hexdigest()
-    return {'args': args, 'config_sha256': digests}
+    settings = {}
+    for arg in args:
+        key, _, value = arg.partition('=')
+        settings[key] = value
+    return {'args': [f"{key}={settings[key]}" for key in sorted(settings)], 'config_sha256': digests}
+
+
+def folder_of(out_dir, combo, seed):
+    """A run's folder: a readable stem of its values, and a short hash of the exact values, so that
+    values that read alike (a/b and a_b) never share a folder."""
+    parts = [f"{k}={v}" for k, v in combo.items()] + [f"seed={seed}"]
+    stem = ''.join(c if c.isalnum() or c in '.=-' else '_' for c in '-'.join(parts))
+    if not combo:
+        return os.path.join(out_dir, stem)
+    digest = hashlib.sha256(json.dumps([combo, seed]).encode()).hexdigest()[:8]
+    return os.path.join(out_dir, f"{stem[:80]}-{digest}")
 
 
 def runs(configs, swept, fixed, seeds, out_dir):
@@ -112,8 +130,7 @@ def runs(configs, swept, fixed, seeds, out_dir):
     for values in itertools.product(*swept.values()):
         combo = dict(zip(swept, values))
         for seed in seeds:
-            parts = [f"{k}={v}" for k, v in combo.items()] + [f"seed={seed}"]
-            folder = os.path.join(out_dir, ''.join(c if c.isalnum() or c in '.=-' else '_' for c in '-'.join(parts)))
+            folder = folder_of(out_dir, combo, seed)
             args = [*configs, *fixed, *(f'--{k}={v}' for k, v in combo.items()), f'--seed={seed}',
                     f'--out_dir={folder}', '--max_new_tokens=0']
             timed = check(args) or timed
@@ -129,7 +146,7 @@ def check(args):
         try:
             configure(scope, args)
         except SystemExit as e:
-            die(f"{e.code} (in {' '.join(args)})")
+            die(f"{str(e.code).removeprefix('error: ')} (in {' '.join(args)})")
     found = problems(SimpleNamespace(**knobs(scope)), ROOT, scope['CONFIGURED'])
     if found:
         die(f"{found[0]} (in {' '.join(args)})")
@@ -153,10 +170,10 @@ def claim(folder, record):
 
 def start_one(folder, args, record, threads):
     """Start gpt.py (resumed from its checkpoint if an earlier call was stopped) on threads cores;
-    its output goes to <folder>/gpt.out."""
-    os.makedirs(os.path.join(ROOT, folder), exist_ok=True)
-    with open(os.path.join(ROOT, folder, 'run.json'), 'w') as f:
-        json.dump(record, f)
+    its output goes to <folder>/gpt.out. It gets SIGTERM, and saves its step, if the sweep dies
+    (kill -9 too). A gpt.py of an earlier sweep still in the folder is waited for."""
+    write_atomic({os.path.join(ROOT, folder, 'run.json'): json.dumps(record).encode()})
+    wait_for_lock(folder)
     if os.path.isfile(os.path.join(ROOT, folder, 'ckpt.pt')):
         args = [*args, '--init_from=resume']
     env = dict(os.environ)
@@ -164,7 +181,36 @@ def start_one(folder, args, record, threads):
         env['OMP_NUM_THREADS'] = str(threads)
     with open(os.path.join(ROOT, folder, 'gpt.out'), 'w') as out:
         return subprocess.Popen([sys.executable, os.path.join(ROOT, 'gpt.py'), *args], stdout=out,
-                                stderr=subprocess.STDOUT, env=env)
+                                stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
+
+
+def die_with_parent():
+    """In the child, before gpt.py starts: on Linux, SIGTERM when the sweep ends, however it ends."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: a killed sweep's runs go on, and are waited for
+        pass
+
+
+def wait_for_lock(folder):
+    """Wait while a gpt.py (of a sweep that was killed) still holds the folder's run.lock."""
+    path = os.path.join(ROOT, folder, 'run.lock')
+    if fcntl is None or not os.path.isfile(path):
+        return
+    with open(path, 'a+') as lock:
+        said = False
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not said:
+                    lock.seek(0)
+                    print(f"    {folder}: waiting for {lock.read().strip() or 'a run'} to end", flush=True)
+                    said = True
+                time.sleep(0.5)
+        fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def result_of(proc, folder):
@@ -177,8 +223,7 @@ def result_of(proc, folder):
         return {'status': 'failed: ' + lines[-1]}
     result = {'status': 'ok', 'val_loss': float(final['val_loss']), 'val_bpb': float(final['val_bpb']),
               'steps': int(final['iter']), 'time_s': float(final['time_s'])}
-    with open(os.path.join(ROOT, folder, 'result.json'), 'w') as f:
-        json.dump(result, f)
+    write_atomic({os.path.join(ROOT, folder, 'result.json'): json.dumps(result).encode()})  # marks it done
     return result
 
 

@@ -98,7 +98,7 @@ def test_a_stopped_sweep_keeps_the_running_runs_step_and_resumes_it(proj, sig):
 # ---------------------------------------------------------------------------------------------- wrong results
 def test_a_sweep_folder_of_another_command_is_refused(proj, monkeypatch):
     monkeypatch.setattr(sweep, 'ROOT', str(proj))
-    folder = proj / 'sw' / 'rope=false-seed=1337'
+    folder = proj / sweep.folder_of('sw', {'rope': 'false'}, 1337)
     folder.mkdir(parents=True)
     (folder / 'run.json').write_text(json.dumps({'args': ['config/classic.py'], 'config_sha256': {}}))
     (folder / 'result.json').write_text(json.dumps({'status': 'ok', 'val_bpb': 1.0, 'val_loss': 1.0, 'steps': 1,

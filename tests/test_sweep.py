@@ -61,5 +61,7 @@ def test_two_jobs_at_once_give_the_results_of_one_at_a_time(proj):
             rows.append([(x['n_head'], x['seed'], float(x['val_loss'])) for x in csv.DictReader(f)])
     assert [r[:2] for r in rows[0]] == [r[:2] for r in rows[1]]
     assert [r[2] for r in rows[1]] == pytest.approx([r[2] for r in rows[0]], rel=1e-4)
-    assert all((proj / 'two' / f'n_head={h}-seed={s}' / 'gpt.out').read_text().count('whole-split val loss') == 1
-               for h in '12' for s in ('1337', '1338'))
+    for h in '12':
+        for s in (1337, 1338):
+            out = proj / sweep.folder_of('two', {'n_head': h}, s) / 'gpt.out'
+            assert out.read_text().count('whole-split val loss') == 1
