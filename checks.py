@@ -75,7 +75,7 @@ def combination_problems(k, root, configured=()):
     shaping = [name for name in ('min_lr', 'lr_decay_iters', 'schedule') if name in configured]
     checks = [
         (k.decay_lr or not shaping,
-         f"{', '.join(shaping)} shape{'s' * (len(shaping) == 1)} the decay, and decay_lr=False has none: "
+         f"{', '.join(shaping)} shape{'s' * (len(shaping) == 1)} the decay, and decay_lr=False has no decay: "
          f"leave one of them out"),
         (not (k.weight_init == 'pytorch' and k.tie_weights and k.init_from == 'scratch'),
          "weight_init='pytorch' with a tied head starts at a loss near 31 (the embedding's N(0, 1) "
