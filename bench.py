@@ -284,7 +284,8 @@ def main(gpt_args):
     for name, value in rows:
         print(f"| {name} | {value} |")
     if train:
-        print(f"\n{how_long_here(dev, step_s, ckpt['roads'], int8)}")
+        print(f"\nthe roads a training run timed are kept in {roads.CACHE}: MINIGPT_MEASURE_AGAIN=1 times them again")
+        print(how_long_here(dev, step_s, ckpt['roads'], int8))
 
 
 if __name__ == '__main__':

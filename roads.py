@@ -111,7 +111,7 @@ def decide(key, candidates, prefer, write):
     steady = all(max(t) <= KEPT_IF * min(t) for t in times.values())
     every_turn = all(a * MARGIN < b for a, b in zip(times[road], times[prefer])) or road == prefer
     timing = ', '.join(f"{name} {1000 * t:.1f} ms" for name, t in median.items())
-    if not (steady and every_turn):
+    if write and not (steady and every_turn):
         return road, f"measured now, not kept: its turns disagreed ({timing}, medians)"
     if write:
         remember(full_key, {'road': road, 'timing': timing, 'date': time.strftime('%Y-%m-%d')})

@@ -20,9 +20,11 @@ gpt.py's configurator and its setting checks before anything runs.
 
 Each run's folder keeps the command it belongs to (run.json: gpt.py's arguments and the
 config files' sha256), so a folder of another command is refused, never reported as this
-one's. Rerun the same command and the finished runs are skipped; Ctrl-C or SIGTERM lets the
-running gpt.py save its step, and the rerun resumes it from there. A run that fails is
-reported in its row, the sweep goes on, and it exits 1.
+one's; its name is its values and a short hash of them, so values that read alike never share
+one. Rerun the same command and the finished runs are skipped; Ctrl-C or SIGTERM lets the
+running gpt.py save its step, and the rerun resumes it from there. A sweep that dies (kill -9
+too) takes its runs with it: each gets SIGTERM and saves; a rerun waits for any still saving. A
+run that fails is reported in its row, the sweep goes on, and it exits 1.
 """
 import contextlib
 import csv

@@ -26,6 +26,14 @@ SHAKESPEARE = os.path.join(REPO, '..', 'shared', 'data', 'tinyshakespeare', 'inp
 
 from configurator import configure  # noqa: E402
 
+# pytest -n 2 (pytest-xdist): two workers on a 2-core machine, one thread each. Two busy PyTorch processes of two
+# threads each slow each other many times over (their threads spin); two of one thread each ran 1.75x-1.9x the
+# throughput of one of two (docs/profile.md). The processes a test starts inherit the one thread.
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    os.environ['OMP_NUM_THREADS'] = '1'
+    import torch  # noqa: E402
+    torch.set_num_threads(1)
+
 # roads.py keeps what it timed in a file: the tests' own, never the user's ~/.cache (roads.CACHE reads this)
 os.environ.setdefault('MINIGPT_ROADS', os.path.join(tempfile.mkdtemp(prefix='roads-'), 'roads.json'))
 
