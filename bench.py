@@ -14,7 +14,6 @@ GPT.generate in this process; the profile times gpt.py's own pieces in this proc
 hooks on the modules and timers around the rest. A benchmark measures; it is never a test.
 """
 import copy
-import csv
 import math
 import os
 from collections import defaultdict
@@ -33,7 +32,7 @@ import machine
 import muon
 import quant
 import roads
-from checkpoint import load_checkpoint
+from checkpoint import load_checkpoint, read_log
 from checks import die, value_problems
 from configurator import configure, knobs
 from machine import pick_device
@@ -67,11 +66,10 @@ def bench_training(gpt_args, tmp):
     if r.returncode != 0:
         lines = r.stderr.strip().splitlines() or [f"exit {r.returncode}"]
         die(f"gpt.py failed: {lines[-1]}")
-    with open(os.path.join(tmp, 'log.csv'), newline='') as f:
-        rows = list(csv.DictReader(f))
+    rows = read_log(os.path.join(tmp, 'log.csv'))  # checkpoint.py: the one reader of log.csv
     train_rows = [row for row in rows if row['kind'] == 'train'][1:]  # the first interval warms up
     final = [row for row in rows if row['kind'] == 'final'][-1]
-    tokens_per_iter = int(final['tokens']) // max(int(final['iter']), 1)
+    tokens_per_iter = final['tokens'] // max(final['iter'], 1)
     step_s = statistics.median([float(row['step_ms']) for row in train_rows] or [math.nan]) / 1000
     ckpt = load_checkpoint(os.path.join(tmp, 'ckpt.pt'), 'gpt')
     args, tok_s = ckpt['model_args'], tokens_per_iter / step_s
@@ -86,7 +84,7 @@ def bench_training(gpt_args, tmp):
     rows = [('training tokens/s (median of the log intervals after the first)', f"{tok_s:,.0f}"),
             ('achieved training FLOP/s (6N + 12LCT per token)', f"{flops / 1e9:,.1f} GFLOP/s"),
             ('estimated MFU', mfu),
-            ('optimizer steps in the budget', f"{final['iter']} in {float(final['time_s']):.1f} s"),
+            ('optimizer steps in the budget', f"{final['iter']:.0f} in {final['time_s']:.1f} s"),
             ('whole-split val loss after the budget', f"{float(final['val_loss']):.4f}"),
             ('peak host memory (RSS) of training',
              f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MiB")]

@@ -1,8 +1,10 @@
 """
 A run's files, for bigram.py and gpt.py alike: the checkpoint written so that a crash or a full disk
-never leaves half a file, read as plain data (no pickled code runs), and one run at a time in an
-out_dir. It never imports bigram or gpt.
+never leaves half a file, read as plain data (no pickled code runs), one run at a time in an out_dir
+(its lock), log.csv's rows and their one reader, and the one atomic write. It imports no next step
+(lora, gpt2, quant, muon) and no script: loading.py takes a model from these files.
 """
+import csv
 import os
 import pickle
 import sys
@@ -56,6 +58,42 @@ def trim_log(path, step):
             kept.append(line)
     if kept != lines[:-1]:
         write_atomic({path: ('\n'.join(kept) + '\n').encode()})
+
+
+def number(v, path, n, row):
+    """A log cell as a float, or die naming its line."""
+    try:
+        return float(v)
+    except ValueError:
+        die(f"'{path}' line {n} has a value that is not a number: {','.join(row)[:60]}")
+
+
+def read_log(path, empty_ok=False):
+    """The rows of a gpt.py log.csv, as dicts of floats (kind stays a string): the one reader of
+    the file, for plot.py, sweep.py, bench.py, look.py and the tests. A damaged file stops in one
+    line; so does one with no rows yet, unless empty_ok."""
+    if not os.path.isfile(path):
+        die(f"'{path}' not found (gpt.py writes <out_dir>/log.csv)")
+    with open(path, newline='', encoding='utf-8', errors='replace') as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        # older logs lack the health columns, step_ms, and val_bpb
+        if header not in (LOG_COLUMNS, LOG_COLUMNS[:-3], LOG_COLUMNS[:-4], LOG_COLUMNS[:-5]):
+            die(f"'{path}' is not a gpt.py log: its first line should be {','.join(LOG_COLUMNS)}")
+        rows = []
+        for n, row in enumerate(reader, 2):
+            if not len(header) <= len(row) <= len(LOG_COLUMNS) or row[0] not in ('train', 'eval', 'final'):
+                die(f"'{path}' line {n} is not a gpt.py log row: {','.join(row)[:60]}")
+            values = {'kind': row[0]}
+            # the columns an older log lacks are None, as are empty cells
+            for k, v in zip(LOG_COLUMNS[1:], row[1:] + [''] * (len(LOG_COLUMNS) - len(row))):
+                values[k] = None
+                if v:
+                    values[k] = number(v, path, n, row)
+            rows.append(values)
+    if not rows and not empty_ok:
+        die(f"'{path}' has no rows yet: train first")
+    return rows
 
 
 def write_atomic(files, fail=die):
@@ -125,37 +163,6 @@ def load_checkpoint(path, model_type, tok=None, dataset=None):
     return ckpt
 
 
-def read_model(name, root, tok=None, dataset=None, block_size=None):
-    """A checkpoint (a ckpt.pt's path, from root), or GPT-2 as one (gpt2.py: a hub name, a
-    Hugging Face folder or its model.safetensors; block_size crops its 1,024 positions), checked
-    against the dataset's tokenizer; and the file it came from."""
-    path = os.path.join(root, name)
-    if os.path.isfile(path) and not path.endswith('.safetensors'):
-        return load_checkpoint(path, 'gpt', tok, dataset), path
-    if os.path.isfile(os.path.join(path, 'ckpt.pt')):
-        die(f"{name} is a run's folder, not a model: give its checkpoint, --init_from={os.path.join(name, 'ckpt.pt')} "
-            f"(or best.pt), or continue that run with --init_from=resume --out_dir={name}")
-    from gpt2 import load_gpt2  # only for GPT-2: huggingface_hub and safetensors
-    return load_gpt2(path if os.path.exists(path) else name, tok, dataset, block_size)
-
-
-def full_weights(path, ckpt, tok, dataset, model_class, merge=True):
-    """All of a gpt checkpoint's weights. A LoRA checkpoint holds only its adapters: its base's
-    weights come from the base (a checkpoint, or GPT-2), once checked to be the very file they
-    trained on, with the adapters merged into a model_class (merge=False: the base's alone, for a
-    LoRA run to resume)."""
-    if 'lora' not in ckpt:
-        return ckpt['model']
-    from lora import base_path, base_problem, merged_weights
-    base = base_path(path, ckpt['base'])
-    problem = base_problem(base, ckpt['base'])
-    if problem:
-        die(f"{path} is a LoRA checkpoint on the base {base}, which {problem}")
-    theirs = read_model(base, '/', tok, dataset, ckpt['model_args']['block_size'])[0]
-    weights = full_weights(base, theirs, tok, dataset, model_class)
-    return merged_weights(model_class(**ckpt['model_args']), weights, ckpt) if merge else weights
-
-
 def claim_out_dir(folder):
     """One run writes an out_dir at a time: hold a lock on <folder>/run.lock, so that a second
     run there is refused in one line that names the first. The OS lets go of the lock when the
@@ -193,87 +200,3 @@ def claimed(folder):
             os.remove(os.path.join(folder, 'run.lock'))
             os.rmdir(folder)
         raise
-
-
-# ------------------------------------------- how a gpt.py run takes a model from a file
-def resume(state, k, configured, data, model_class, log=print):
-    """init_from='resume': <out_dir>/ckpt.pt's step, time, best and LoRA settings into state
-    (gpt.py's State); the weights (a LoRA run's: its base's; the adapters load once the model is
-    adapted). k: the knobs; configured: the names a config file or the command line set."""
-    ckpt = state.ckpt = load_checkpoint(state.ckpt_path, 'gpt', data.tok, k.dataset)
-    state.iter_num = ckpt['iter_num']
-    state.best_iter = ckpt.get('best_iter', 0)
-    if 'best_iter' in ckpt:  # checkpoints from before best.pt have none
-        state.best_val_loss = ckpt['best_val_loss']
-    state.last_save = f"{state.ckpt_path} keeps step {state.iter_num}"
-    state.train_time = ckpt.get('train_time', 0.0)
-    state.lora = ckpt.get('lora')
-    state.roads = ckpt.get('roads')  # its precisions (roads.py); none in older checkpoints
-    state.base = ckpt.get('base')
-    if k.lora_rank and not state.lora:
-        die(f"{state.ckpt_path} is not a LoRA run, so it cannot resume with lora_rank > 0; to add LoRA, "
-            f"fine-tune it: --init_from={os.path.join(k.out_dir, 'ckpt.pt')} --out_dir=ANOTHER")
-    if k.max_iters and not k.eval_only and state.iter_num >= k.max_iters:
-        log(f"note: {state.ckpt_path} is at step {state.iter_num}, at or past max_iters={k.max_iters}: "
-            f"nothing to train (a higher --max_iters trains on); its best model is evaluated again")
-    keep_model_settings(state, ckpt, k, configured)
-    if state.lora:  # a QLoRA model samples on its own 4-bit base, never another
-        lora_settings = {'lora_rank': state.lora['rank'], 'lora_alpha': state.lora['alpha']}
-        if state.lora['quantize']:
-            lora_settings['quantize'] = state.lora['quantize']
-        refuse_other_settings(state, lora_settings, k, configured)
-    return full_weights(state.ckpt_path, ckpt, data.tok, k.dataset, model_class, merge=False)
-
-
-def start_from(state, k, configured, data, model_class, root):
-    """init_from=PATH: a checkpoint's (or GPT-2's) architecture and weights, from step 0. A new
-    LoRA run records its base (lora.py); it keeps its own link to it only once it trains. A run
-    that only evaluates or samples takes the checkpoint's precisions too."""
-    limit = None
-    if 'block_size' in configured:
-        limit = k.block_size  # crops GPT-2's 1,024 positions
-    ckpt, path = read_model(k.init_from, root, data.tok, k.dataset, limit)
-    if k.lora_rank:
-        from lora import base_record
-        state.lora = {'rank': k.lora_rank, 'alpha': k.lora_alpha, 'quantize': k.quantize}
-        state.base = base_record(path)
-    if not k.max_iters or k.eval_only:
-        state.roads = ckpt.get('roads')
-    keep_model_settings(state, ckpt, k, configured)
-    return full_weights(path, ckpt, data.tok, k.dataset, model_class)
-
-
-def keep_model_settings(state, ckpt, k, configured):
-    """A loaded model keeps its architecture (dropout is the run's) and its template."""
-    state.model_args = {**ckpt['model_args'], 'dropout': k.dropout}
-    state.template = state.template or ckpt.get('template', {})
-    architecture = {}
-    for name, value in state.model_args.items():
-        if name in state.config and name != 'dropout':
-            architecture[name] = value
-    refuse_other_settings(state, architecture, k, configured)
-
-
-def refuse_other_settings(state, from_checkpoint, k, configured):
-    """A knob set to another value than the checkpoint's is refused, never ignored; the saved
-    config says what was used."""
-    for name, value in from_checkpoint.items():
-        if name in configured and getattr(k, name) != value:
-            die(f"--{name}={getattr(k, name)!r}, but the model of {k.init_from} has {name}={value!r}; it comes "
-                f"with the checkpoint: leave --{name} out")
-    state.config |= from_checkpoint
-
-
-def restore_randomness(run, state):
-    """On resume, the data order and this process's dropout stream go on where they stopped:
-    after the model is built, whose init draws from the same generator."""
-    import torch
-    ckpt = state.ckpt
-    if ckpt is None:
-        return
-    state.data_rng.set_state(ckpt['rng']['data'])
-    if run.rank < len(ckpt['rng']['torch']):  # a row per process
-        torch.set_rng_state(ckpt['rng']['torch'][run.rank].clone())
-        if run.dev_type == 'cuda' and ckpt['rng'].get('cuda') is not None:
-            torch.cuda.set_rng_state(ckpt['rng']['cuda'][run.rank].clone())
-    run.log(f"resumed from {state.ckpt_path} at step {state.iter_num}")

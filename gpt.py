@@ -41,10 +41,10 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint as recompute
 
-from checkpoint import claimed, log_row, load_checkpoint, restore_randomness, resume, save_checkpoint
-from checkpoint import start_from, trim_log
+from checkpoint import claimed, log_row, load_checkpoint, save_checkpoint, trim_log
 from checks import die, model_problems, problems, writes_out_dir
 from configurator import configure, knobs
+from loading import restore_randomness, resume, start_from
 from machine import caught_signals, compile_and_wrap, finish_processes, flops_per_token, gather
 from machine import largest, peak_flops, start_processes
 from prepare import load_prepared

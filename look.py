@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import gpt
-from checkpoint import LOG_COLUMNS, load_checkpoint, write_atomic
+from checkpoint import LOG_COLUMNS, load_checkpoint, read_log, write_atomic
 from checks import die, problems
 from configurator import configure, knobs
 from machine import set_precision, start_processes
@@ -226,7 +226,6 @@ def health(path):
     log = os.path.join(os.path.dirname(os.path.abspath(path)), 'log.csv')
     if not os.path.isfile(log):
         return {}
-    from plot import read_log
     rows = read_log(log)
     columns = {}
     for kind in ('train', 'eval'):

@@ -17,12 +17,11 @@ gpt.py prints after training). Losses are nats per token, which compares runs of
 --attention draws one heatmap for each head of each layer: row t is what the prompt's token t attends
 to (its softmax weights over the tokens up to t), so the upper triangle is empty, the causal mask.
 """
-import csv
 import os
 import sys
 import textwrap
 
-from checkpoint import LOG_COLUMNS as COLUMNS
+from checkpoint import read_log
 from checks import die
 from configurator import configure
 
@@ -38,40 +37,6 @@ prompt = 'ROMEO: But soft'  # the text whose attention --attention draws
 
 
 X_LABELS = {'tokens': 'tokens trained on', 'time': 'seconds of training', 'iter': 'optimizer steps'}
-
-
-def number(v, path, n, row):
-    """A log cell as a float, or die naming its line."""
-    try:
-        return float(v)
-    except ValueError:
-        die(f"'{path}' line {n} has a value that is not a number: {','.join(row)[:60]}")
-
-
-def read_log(path):
-    """The rows of a gpt.py log.csv, as dicts of floats (kind stays a string)."""
-    if not os.path.isfile(path):
-        die(f"'{path}' not found (gpt.py writes <out_dir>/log.csv)")
-    with open(path, newline='', encoding='utf-8', errors='replace') as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        # older logs lack the health columns, step_ms, and val_bpb
-        if header not in (COLUMNS, COLUMNS[:-3], COLUMNS[:-4], COLUMNS[:-5]):
-            die(f"'{path}' is not a gpt.py log: its first line should be {','.join(COLUMNS)}")
-        rows = []
-        for n, row in enumerate(reader, 2):
-            if not len(header) <= len(row) <= len(COLUMNS) or row[0] not in ('train', 'eval', 'final'):
-                die(f"'{path}' line {n} is not a gpt.py log row: {','.join(row)[:60]}")
-            values = {'kind': row[0]}
-            # the columns an older log lacks are None, as are empty cells
-            for k, v in zip(COLUMNS[1:], row[1:] + [''] * (len(COLUMNS) - len(row))):
-                values[k] = None
-                if v:
-                    values[k] = number(v, path, n, row)
-            rows.append(values)
-    if not rows:
-        die(f"'{path}' has no rows yet: train first, then plot")
-    return rows
 
 
 def pyplot():
@@ -100,7 +65,8 @@ def attention_maps(path, text):
     (the same numbers as its fast path)."""
     import torch
     import gpt
-    from checkpoint import full_weights, load_checkpoint
+    from checkpoint import load_checkpoint
+    from loading import full_weights
     from tokenizer import description_in, from_description
     if not text:
         die("--prompt must not be empty")

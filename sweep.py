@@ -42,7 +42,7 @@ import time
 from types import SimpleNamespace
 
 import gpt
-from checkpoint import fcntl, write_atomic
+from checkpoint import fcntl, read_log, write_atomic
 from checks import die, problems
 from configurator import configure, knobs
 from plot import pyplot, save
@@ -279,12 +279,11 @@ def stop_child(proc, signum):
 
 
 def final_row(path):
-    """The last 'final' row of gpt.py's log.csv (whole-split val loss and bpb,
-    steps, time trained), or None."""
+    """The last 'final' row of gpt.py's log.csv (whole-split val loss and bpb, steps, time
+    trained), read by checkpoint.read_log, or None."""
     if not os.path.isfile(path):
         return None
-    with open(path, newline='') as f:
-        rows = [row for row in csv.DictReader(f) if row['kind'] == 'final']
+    rows = [row for row in read_log(path, empty_ok=True) if row['kind'] == 'final']
     return rows[-1] if rows else None
 
 

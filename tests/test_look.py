@@ -16,7 +16,8 @@ from conftest import TINY, one_line_error, run
 
 import gpt
 import look
-from checkpoint import full_weights, load_checkpoint
+from checkpoint import load_checkpoint
+from loading import full_weights
 from tokenizer import description_in, from_description
 
 
