@@ -10,8 +10,8 @@ Prints a table.
     python bench.py --profile=true                    # where a training step's time goes, by part
 
 Training runs the real gpt.py in a subprocess with --max_time=budget; generation times
-GPT.generate in this process; the profile times gpt.py's own pieces in this process, with forward
-hooks on the modules and timers around the rest. A benchmark measures; it is never a test.
+GPT.generate in this process; the profile runs gpt.train_step itself under torch.profiler, with forward
+hooks on the modules and PyTorch's own ranges for the rest. A benchmark measures; it is never a test.
 """
 import copy
 import math
@@ -29,7 +29,6 @@ import torch
 
 import gpt
 import machine
-import muon
 import quant
 import roads
 from checkpoint import load_checkpoint, read_log
@@ -93,22 +92,22 @@ def bench_training(gpt_args, tmp):
     return rows, ckpt, step_with_evals
 
 
-def how_long_here(dev, step_s, taken, int8):
+def how_long_here(dev, step_s, taken, int8, k):
     """The line that says what this machine is, the roads it takes (taken: the run's checkpoint's,
     int8: roads.int8's line), and how long this config's whole run takes here (training and its
     evals, at the budget's pace)."""
     what = 'this machine'
     if dev == 'cpu':
         what = f"{machine.cpu_name()}, {torch.get_num_threads()} threads"
-    minutes = gpt.max_iters * step_s / 60
-    if gpt.max_time > 0:
-        minutes = min(minutes, gpt.max_time / 60)
+    minutes = k.max_iters * step_s / 60
+    if k.max_time > 0:
+        minutes = min(minutes, k.max_time / 60)
     return (f"here: {what}; dtype {taken['dtype']}; Newton-Schulz in {taken['newton_schulz']}; "
             f"{int8}; a step {1000 * step_s:.0f} ms with its share of the evals; "
-            f"this config's run, max_iters={gpt.max_iters:,}: about {minutes:.1f} minutes")
+            f"this config's run, max_iters={k.max_iters:,}: about {minutes:.1f} minutes")
 
 
-def bench_sampling(model, dev):
+def bench_sampling(model, dev, int8_road='auto'):
     """Tokens per second of cached and uncached sampling, in fp32, int8 and NF4 weights, against the
     bandwidth of reading the weights."""
     models = {'fp32': model}
@@ -117,7 +116,7 @@ def bench_sampling(model, dev):
         quant.quantize_model(models[kind], kind)
     prompt = torch.zeros((1, 1), dtype=torch.long, device=dev)
     # its road here: --int8_road's, or on 'auto' the faster of the exact roads (roads.py)
-    int8 = roads.int8(models['int8'], gpt.int8_road, lambda: models['int8'].generate(prompt, 16, temperature=0))
+    int8 = roads.int8(models['int8'], int8_road, lambda: models['int8'].generate(prompt, 16, temperature=0))
     settings = [('fp32', True), ('fp32', False), ('int8', True), ('nf4', True)]
     times = {s: [] for s in settings}
     for _ in range(gen_repeats):
@@ -157,113 +156,90 @@ def bench_sampling(model, dev):
     return rows, int8
 
 
-class Stopwatch:
-    """Exclusive time by part: entering a part pauses the one it runs
-    inside, so nothing counts twice."""
-
-    def __init__(self):
-        self.times, self.stack, self.t = defaultdict(float), [], time.perf_counter()
-
-    def switch(self):
-        now = time.perf_counter()
-        if self.stack:
-            self.times[self.stack[-1]] += now - self.t
-        self.t = now
-
-    def push(self, part):
-        self.switch()
-        self.stack.append(part)
-
-    def pop(self, *_):
-        self.switch()
-        self.stack.pop()
-
-    def wrap(self, part, fn):
-        def timed_fn(*args, **kwargs):
-            self.push(part)
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.pop()
-        return timed_fn
+FORWARD_PARTS = {'MultiHeadAttention': 'forward: attention (with QK-norm and RoPE)',
+                 'FeedForward': 'forward: feed-forward', 'LayerNorm': 'forward: norms', 'RMSNorm': 'forward: norms',
+                 'Embedding': 'forward: embeddings'}
 
 
-def step_parts(watch, model):
-    """Timers on the model's parts (forward hooks on its modules; RoPE, the
-    loss and Newton-Schulz wrapped)."""
-    kinds = {gpt.MultiHeadAttention: 'forward: attention (with QK-norm)', gpt.FeedForward: 'forward: feed-forward',
-             torch.nn.LayerNorm: 'forward: norms', torch.nn.RMSNorm: 'forward: norms',
-             torch.nn.Embedding: 'forward: embeddings'}
+def label_parts(model):
+    """Forward hooks that open a torch.profiler range around each of the model's parts (its code
+    is not touched); the head is the model's lm_head."""
+    def enter(module, args):
+        module.profiled = torch.profiler.record_function(module.part)
+        module.profiled.__enter__()
+
+    def leave(module, args, output):
+        module.profiled.__exit__(None, None, None)
+
     for module in model.modules():
-        part = 'forward: head' if module is model.lm_head else kinds.get(type(module))
-        if part:
-            module.register_forward_pre_hook(lambda m, a, part=part: watch.push(part))
-            module.register_forward_hook(watch.pop)
-    gpt.rotate = watch.wrap('forward: RoPE', gpt.rotate)
-    gpt.F.cross_entropy = watch.wrap('forward: the loss (cross-entropy)', gpt.F.cross_entropy)
-    muon.newton_schulz = watch.wrap('Muon: Newton-Schulz', muon.newton_schulz)
+        module.part = FORWARD_PARTS.get(type(module).__name__)
+        if module is model.lm_head:
+            module.part = 'forward: head'
+        if module.part:
+            module.register_forward_pre_hook(enter)
+            module.register_forward_hook(leave)
 
 
-def profiled_step(watch, run, model, optimizers, data, state):
-    """gpt.train_step's work, each piece timed."""
-    T = model.block_size
-    for micro in range(gpt.gradient_accumulation_steps):
-        watch.push('data: get_batch')
-        x, y = gpt.get_batch(data.train, data.train.random_starts((gpt.batch_size,), T, state.data_rng), T, run.dev)
-        watch.switch()
-        watch.stack[-1] = 'forward: the rest (residual adds, dropout, Python)'
-        with run.ctx:
-            _, loss = model(x, y)
-        watch.stack[-1] = 'backward'
-        run.scaler.scale(loss / gpt.gradient_accumulation_steps).backward()
-        watch.pop()
-    watch.push('gradient clip')
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], gpt.grad_clip)
-    watch.pop()
-    for opt in optimizers:
-        watch.push(f"{type(opt).__name__}: the rest" if isinstance(opt, muon.Muon) else f"{type(opt).__name__} step")
-        run.scaler.step(opt)
-        opt.zero_grad(set_to_none=True)
-        watch.pop()
+def parts_of(events, steps):
+    """Milliseconds a step by part, from the profiler's ranges: the model's parts (label_parts),
+    the loss and backward (PyTorch's own ranges), each optimizer's step (PyTorch names them
+    Optimizer.step#NAME.step) and Newton-Schulz (muon.py's range), inside Muon's."""
+    ms = defaultdict(float)
+    for e in events:
+        t = e.cpu_time_total / 1000 / steps
+        if e.key in FORWARD_PARTS.values() or e.key == 'forward: head':
+            ms[e.key] += t
+        elif e.key == 'aten::cross_entropy_loss':
+            ms['forward: the loss (cross-entropy)'] += t
+        elif e.key.startswith('autograd::engine::evaluate_function'):
+            ms['backward'] += t
+        elif e.key.startswith('Optimizer.step#'):
+            ms[e.key.split('#')[1].split('.')[0] + ' step'] += t
+        elif e.key == 'Muon: Newton-Schulz':
+            ms['Muon: Newton-Schulz'] += t
+    if 'Muon step' in ms:
+        ms['Muon step'] -= ms['Muon: Newton-Schulz']  # its own share, Newton-Schulz apart
+    return ms
 
 
-def profile_training(dev):
-    """Where a training step of the configured model goes, on the real data: a table by part."""
-    run = machine.start_processes(gpt.device)
-    data = gpt.load_data(gpt.dataset)
+def profile_training(k, configured):
+    """Where a training step of the configured model goes, on the real data: gpt.train_step itself,
+    under torch.profiler, by part."""
+    run = machine.start_processes(k.device)
+    data = gpt.load_data(k.dataset)
     with tempfile.TemporaryDirectory() as tmp:
-        gpt.out_dir = tmp  # nothing is saved; this keeps make_optimizers from pointing at out/
-        model, state = gpt.build_model(run, data)
-        gpt.choose_roads(run, model, data, state, trains=True)  # as gpt.py: the knobs, or timed here
-        optimizers = gpt.make_optimizers(run, model, state)
+        k = SimpleNamespace(**{**vars(k), 'out_dir': tmp})  # nothing is saved there
+        model, state = gpt.build_model(run, data, k, configured)
+        gpt.choose_roads(run, model, data, state, True, k)  # as gpt.py: the knobs, or timed here
+        optimizers = gpt.make_optimizers(run, model, state, k)
     plain = []
-    for i in range(3 + profile_steps):  # the step as gpt.py runs it, untimed inside
+    for i in range(3 + profile_steps):  # the step as gpt.py runs it, nothing watching
         t0 = time.perf_counter()
-        gpt.train_step(run, model, model, optimizers, data, state)
+        gpt.train_step(run, model, model, optimizers, data, state, k)
         plain.append(time.perf_counter() - t0)
-    watch = Stopwatch()
-    step_parts(watch, model)
-    for i in range(3 + profile_steps):
-        if i == 3:
-            watch.times.clear()
-            t0 = time.perf_counter()
-        profiled_step(watch, run, model, optimizers, data, state)
-    step = (time.perf_counter() - t0) / profile_steps
-    tokens = gpt.batch_size * model.block_size * gpt.gradient_accumulation_steps
-    print(f"\nprofile: {state.model_args}, {tokens:,} tokens a step, device {dev}, torch {torch.__version__}, "
+    label_parts(model)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as watched:
+        t0 = time.perf_counter()
+        for i in range(profile_steps):
+            gpt.train_step(run, model, model, optimizers, data, state, k)
+        step = (time.perf_counter() - t0) / profile_steps
+    ms = parts_of(watched.key_averages(), profile_steps)
+    ms['the rest (data, residual adds, clipping, Python)'] = 1000 * step - sum(ms.values())
+    tokens = k.batch_size * model.block_size * k.gradient_accumulation_steps
+    print(f"\nprofile: {state.model_args}, {tokens:,} tokens a step, device {run.dev}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, dtype {state.roads['dtype']}, "
           f"Newton-Schulz in {state.roads['newton_schulz']}")
     print(f"a step: {1000 * statistics.median(plain[3:]):.1f} ms as gpt.py runs it (median of {profile_steps}), "
-          f"{1000 * step:.1f} ms with the timers\n")
+          f"{1000 * step:.1f} ms under the profiler\n")
     print('| part | ms a step | share |\n|---|---|---|')
-    for part, t in sorted(watch.times.items(), key=lambda kv: -kv[1]):
-        print(f"| {part} | {1000 * t / profile_steps:.1f} | {100 * t / profile_steps / step:.0f}% |")
+    for part, t in sorted(ms.items(), key=lambda kv: -kv[1]):
+        print(f"| {part} | {t:.1f} | {100 * t / (1000 * step):.0f}% |")
 
 
-def main(gpt_args):
-    dev = pick_device(gpt.device)
+def main(gpt_args, k, configured):
+    dev = pick_device(k.device)
     if profile:
-        return profile_training(dev)
+        return profile_training(k, configured)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if train:
@@ -271,11 +247,11 @@ def main(gpt_args):
             model_args = ckpt['model_args']
         else:
             # random weights of the configured model, at its dataset's vocabulary size
-            model_args = gpt.knob_model_args(gpt.load_data(gpt.dataset).tok.vocab_size)
+            model_args = gpt.knob_model_args(k, gpt.load_data(k.dataset).tok.vocab_size)
     model = gpt.GPT(**model_args).to(dev).eval()
     if train:
         model.load_state_dict(ckpt['model'])
-    sampling, int8 = bench_sampling(model, dev)
+    sampling, int8 = bench_sampling(model, dev, k.int8_road)
     rows += sampling
     print(f"\nbench: {model_args}, device {dev}, torch {torch.__version__}")
     print('| measure | value |\n|---|---|')
@@ -283,15 +259,18 @@ def main(gpt_args):
         print(f"| {name} | {value} |")
     if train:
         print(f"\nthe roads a training run timed are kept in {roads.CACHE}: MINIGPT_MEASURE_AGAIN=1 times them again")
-        print(how_long_here(dev, step_s, ckpt['roads'], int8))
+        print(how_long_here(dev, step_s, ckpt['roads'], int8, k))
 
 
 if __name__ == '__main__':
-    # bench.py's own knobs first; everything else is a gpt.py knob, passed on to it
+    # bench.py's own knobs first; everything else is a gpt.py knob, passed on to it (a copy of its
+    # knobs: gpt's own globals stay as they are)
     own = [a for a in sys.argv[1:] if a.split('=')[0].lstrip('-') in knobs(globals())]
     rest = [a for a in sys.argv[1:] if a not in own]
     configure(globals(), own)
-    configure(vars(gpt), rest)
-    for problem in value_problems(SimpleNamespace(**knobs(vars(gpt))), gpt.ROOT):  # checks.py
+    gpt_knobs = dict(vars(gpt))
+    configure(gpt_knobs, rest)
+    gpt_k = SimpleNamespace(**knobs(gpt_knobs))
+    for problem in value_problems(gpt_k, gpt.ROOT):  # checks.py
         die(problem)
-    main(rest)
+    main(rest, gpt_k, gpt_knobs['CONFIGURED'])

@@ -489,25 +489,25 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, kv
 GPT.generate = generate  # model.generate(idx, ...), as nanoGPT calls it
 
 
-def sample(run, model, data, state):
+def sample(run, model, data, state, k):
     """num_samples continuations of the prompt (interactive: of each line of standard input),
     each printed as it is made. A sample ends at `stop`; a model trained on instruction pairs
     gets its prompt in the pairs' template, and their end marker is its default stop."""
     sep = state.template.get('sep', '')
-    end = stop or state.template.get('end', '')
-    g = torch.Generator(device=run.dev).manual_seed(seed)
-    if kv_cache and not model.causal:
+    end = k.stop or state.template.get('end', '')
+    g = torch.Generator(device=run.dev).manual_seed(k.seed)
+    if k.kv_cache and not model.causal:
         print("note: sampling without the KV cache: with causal=False each position sees the later ones, "
               "which a cached position never saw")
-    for text in prompts(data.tok, model.block_size, sep, prompt, interactive):  # stream.py
+    for text in prompts(data.tok, model.block_size, sep, k.prompt, k.interactive):  # stream.py
         ids = data.tok.encode(text + sep)
-        for _ in range(num_samples):
+        for _ in range(k.num_samples):
             print(text + sep, end='', flush=True)
             printer = Printer(data.tok, end)
             t0 = time.time()
             with run.ctx:
-                out = model.generate(torch.tensor([ids], device=run.dev), max_new_tokens, temperature, top_k,
-                                     top_p, kv_cache, g, printer)
+                out = model.generate(torch.tensor([ids], device=run.dev), k.max_new_tokens, k.temperature, k.top_k,
+                                     k.top_p, k.kv_cache, g, printer)
             printer(out[0, len(ids):].tolist(), final=True)
             print('\n---------------', flush=True)
             n, dt = out.size(1) - len(ids), time.time() - t0
@@ -542,27 +542,27 @@ def save(run, model, optimizers, state, path=None):
         state.last_save = f"{state.ckpt_path} keeps step {state.iter_num}"
 
 
-def best_model(model, data, state):
+def best_model(model, data, state, k):
     """After training, the whole-split line and the samples are of the step with the lowest val loss."""
     if not math.isfinite(state.best_val_loss):  # stopped before its first eval: no best.pt
         return
     line = f"the model below: step {state.best_iter}, whose val loss {state.best_val_loss:.4f} was the lowest"
     line += " (best.pt)"  # and where the latest step is, if it is another
     if state.best_iter != state.iter_num:
-        best = load_checkpoint(os.path.join(ROOT, out_dir, 'best.pt'), 'gpt', data.tok, dataset)
+        best = load_checkpoint(os.path.join(ROOT, k.out_dir, 'best.pt'), 'gpt', data.tok, k.dataset)
         model.load_state_dict(best['model'], strict=not state.lora)
         line += f"; {state.ckpt_path} keeps step {state.iter_num} to resume"
     print(line)
 
 
-def export_checkpoint(run, model, state):
+def export_checkpoint(run, model, state, k):
     """--export: init_from's model (LoRA merged) as an ordinary checkpoint. Every process calls it."""
     if state.lora:
         from lora import merge_lora
         merge_lora(model)
         state.lora = None
     save(run, model, [], state)
-    run.log(f"wrote {state.ckpt_path}: the model of {init_from}, as an ordinary checkpoint")
+    run.log(f"wrote {state.ckpt_path}: the model of {k.init_from}, as an ordinary checkpoint")
 
 
 # ---------------------------------------------------------- the steps of a run
@@ -592,35 +592,34 @@ class State:
     last_save: str = 'no checkpoint was written'  # what a fault leaves in place, said when it stops
 
 
-def knob_model_args(vocab_size):
+def knob_model_args(k, vocab_size):
     """The GPT's arguments, as the knobs set them."""
-    return dict(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
-                n_embd=n_embd, dropout=dropout, rope=rope, rmsnorm=rmsnorm, qk_norm=qk_norm, relu2=relu2,
-                tie_weights=tie_weights, bias=bias, relu=relu, ffn=ffn, residual=residual, norm=norm,
-                pos=pos, weight_init=weight_init, causal=causal, gelu_tanh=gelu_tanh)
+    return dict(vocab_size=vocab_size, block_size=k.block_size, n_layer=k.n_layer, n_head=k.n_head,
+                n_embd=k.n_embd, dropout=k.dropout, rope=k.rope, rmsnorm=k.rmsnorm, qk_norm=k.qk_norm, relu2=k.relu2,
+                tie_weights=k.tie_weights, bias=k.bias, relu=k.relu, ffn=k.ffn, residual=k.residual, norm=k.norm,
+                pos=k.pos, weight_init=k.weight_init, causal=k.causal, gelu_tanh=k.gelu_tanh)
 
 
-def build_model(run, data):
+def build_model(run, data, k, configured=()):
     """The model: fresh ('scratch'), the run in out_dir ('resume'), or another checkpoint's
     weights to fine-tune (init_from=PATH, from step 0; with LoRA if lora_rank > 0); and the State
     the later steps share."""
-    model_args = knob_model_args(data.tok.vocab_size)
+    model_args = knob_model_args(k, data.tok.vocab_size)
     template = {k: data.meta[k] for k in ('sep', 'end') if k in data.meta}
-    state = State(model_args, knobs(globals()), data.tok.describe(), template,
-                  ckpt_path=os.path.join(ROOT, out_dir, 'ckpt.pt'),
+    state = State(model_args, vars(k).copy(), data.tok.describe(), template,
+                  ckpt_path=os.path.join(ROOT, k.out_dir, 'ckpt.pt'),
                   # the same on every process: the global batch
-                  data_rng=torch.Generator().manual_seed(seed))
+                  data_rng=torch.Generator().manual_seed(k.seed))
     # dropout differs between processes; the batches come from data_rng
-    torch.manual_seed(seed + run.rank)
-    k = SimpleNamespace(**knobs(globals()))
+    torch.manual_seed(k.seed + run.rank)
     weights = None
-    if init_from == 'resume':  # checkpoint.py: the run in out_dir, with its step, time and best
-        weights = resume(state, k, CONFIGURED, data, GPT, run.log)
-    elif init_from != 'scratch':  # checkpoint.py: another model's weights, from step 0
-        weights = start_from(state, k, CONFIGURED, data, GPT, ROOT)
+    if k.init_from == 'resume':  # checkpoint.py: the run in out_dir, with its step, time and best
+        weights = resume(state, k, configured, data, GPT, run.log)
+    elif k.init_from != 'scratch':  # checkpoint.py: another model's weights, from step 0
+        weights = start_from(state, k, configured, data, GPT, ROOT)
     # checks.py: a block_size (the knob's, a checkpoint's) too long for the data, or a prompt too long
-    for problem in model_problems(data, state.model_args['block_size'], prompt + state.template.get('sep', ''),
-                                  stop, interactive):
+    for problem in model_problems(data, state.model_args['block_size'], k.prompt + state.template.get('sep', ''),
+                                  k.stop, k.interactive):
         die(problem)
     model = GPT(**state.model_args)
     n_params = sum(p.numel() for p in model.parameters())
@@ -632,48 +631,48 @@ def build_model(run, data):
         adapters = state.ckpt['model'] if state.ckpt is not None else None  # resumed, or new
         adapt(model, state.lora, adapters)
         run.log(summary(model, state.lora))
-    model.gradient_checkpointing = gradient_checkpointing
+    model.gradient_checkpointing = k.gradient_checkpointing
     return model.to(run.dev), state
 
 
-def choose_roads(run, model, data, state, trains):
+def choose_roads(run, model, data, state, trains, k):
     """The precisions of the forward passes and of Muon's Newton-Schulz (roads.py): as the knobs
     ask, as a resumed run chose, or timed here on a batch (one sequence where the run only samples)."""
-    ix = data.train.random_starts((batch_size if trains else 1,), model.block_size, torch.Generator())
+    ix = data.train.random_starts((k.batch_size if trains else 1,), model.block_size, torch.Generator())
     batch = get_batch(data.train, ix, model.block_size, run.dev)
-    asked = {'dtype': dtype, 'newton_schulz': newton_schulz}
-    muon = optimizer == 'muon' and trains and not state.lora
+    asked = {'dtype': k.dtype, 'newton_schulz': k.newton_schulz}
+    muon = k.optimizer == 'muon' and trains and not state.lora
     state.roads = roads.choose(run, model, state.model_args, batch, asked, state.roads or {}, trains, muon)
 
 
-def make_optimizers(run, model, state):
+def make_optimizers(run, model, state, k):
     """AdamW, with weight decay on the matrices it trains, plus Muon (no weight decay) for the
     blocks' matrices; only AdamW on a LoRA update. On resume, their state comes back."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     fused = run.dev_type == 'cuda'
     if state.lora:
-        optimizers = [torch.optim.AdamW(params.values(), lr=learning_rate, betas=(beta1, beta2),
+        optimizers = [torch.optim.AdamW(params.values(), lr=k.learning_rate, betas=(k.beta1, k.beta2),
                                         weight_decay=0.0, fused=fused)]
     else:
         muon_params, decay, no_decay = [], [], []
         for name, p in params.items():
-            if p.dim() >= 2 and name.startswith('blocks.') and optimizer == 'muon':
+            if p.dim() >= 2 and name.startswith('blocks.') and k.optimizer == 'muon':
                 muon_params.append(p)
             elif p.dim() >= 2:  # AdamW decays matrices only
                 decay.append(p)
             else:
                 no_decay.append(p)
-        groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0}]
-        optimizers = [torch.optim.AdamW(groups, learning_rate, (beta1, beta2), fused=fused)]
+        groups = [{'params': decay, 'weight_decay': k.weight_decay}, {'params': no_decay, 'weight_decay': 0}]
+        optimizers = [torch.optim.AdamW(groups, k.learning_rate, (k.beta1, k.beta2), fused=fused)]
         if muon_params:
             from muon import Muon
             ns_dtype = getattr(torch, state.roads['newton_schulz'])  # roads.py's choice
-            optimizers.append(Muon(muon_params, lr=muon_lr, ns_dtype=ns_dtype))
+            optimizers.append(Muon(muon_params, lr=k.muon_lr, ns_dtype=ns_dtype))
     ckpt = state.ckpt
     if ckpt is not None:
         if not ckpt['optimizer']:
             die(f"{state.ckpt_path} holds a model without an optimizer (written by --export): "
-                f"fine-tune it with --init_from={os.path.join(out_dir, 'ckpt.pt')} --out_dir=ANOTHER")
+                f"fine-tune it with --init_from={os.path.join(k.out_dir, 'ckpt.pt')} --out_dir=ANOTHER")
         if len(ckpt['optimizer']) != len(optimizers):
             die(f"{state.ckpt_path} was trained with optimizer='{ckpt['config']['optimizer']}'; "
                 f"resume with the same")
@@ -681,20 +680,20 @@ def make_optimizers(run, model, state):
             opt.load_state_dict(saved)
     elif run.master and os.path.exists(state.ckpt_path):
         print(f"note: this run will overwrite {state.ckpt_path} (to resume: --init_from=resume)")
-    for opt, base_lr in zip(optimizers, (learning_rate, muon_lr)):
+    for opt, base_lr in zip(optimizers, (k.learning_rate, k.muon_lr)):
         for group in opt.param_groups:
             group['base_lr'] = base_lr  # the schedule scales every group by lr / learning_rate
     return optimizers
 
 
-def train(run, raw_model, optimizers, data, state):
+def train(run, raw_model, optimizers, data, state, k):
     """Train until max_iters, max_time or a signal; evaluate and save every eval_interval steps."""
     def one_batch():  # what torch.compile compiles on
-        ix = data.train.random_starts((batch_size,), raw_model.block_size, torch.Generator())
+        ix = data.train.random_starts((k.batch_size,), raw_model.block_size, torch.Generator())
         return get_batch(data.train, ix, raw_model.block_size, run.dev)
 
-    model, train_model = compile_and_wrap(run, raw_model, compile, one_batch)  # machine.py
-    begin_log(run, raw_model, state)
+    model, train_model = compile_and_wrap(run, raw_model, k.compile, one_batch)  # machine.py
+    begin_log(run, raw_model, state, k)
     start_iter, start_time = state.iter_num, state.train_time
     t_start = time.time() - start_time  # a resumed run's clock goes on from the time it had trained
     t0 = time.time()
@@ -704,25 +703,25 @@ def train(run, raw_model, optimizers, data, state):
             # stop on the step count, the time budget, or a signal to any process
             signum, state.train_time = largest(run, caught['signal'], time.time() - t_start)
             signum = int(signum)
-            out_of_time = max_time > 0 and state.train_time >= max_time
-            last_step = state.iter_num >= max_iters or out_of_time or signum
+            out_of_time = k.max_time > 0 and state.train_time >= k.max_time
+            last_step = state.iter_num >= k.max_iters or out_of_time or signum
             # the step a run resumes at was evaluated before it was saved
-            resumed_here = init_from == 'resume' and state.iter_num == start_iter
-            due = state.iter_num % eval_interval == 0 or last_step
+            resumed_here = k.init_from == 'resume' and state.iter_num == start_iter
+            due = state.iter_num % k.eval_interval == 0 or last_step
             if due and not resumed_here and not signum:
                 t_eval = time.time()
-                evaluate_and_save(run, model, raw_model, optimizers, data, state)
+                evaluate_and_save(run, model, raw_model, optimizers, data, state, k)
                 t0 = time.time()  # the eval is not training time for the next progress line
                 state.eval_s = t0 - t_eval
             if signum:
                 stop_on_signal(run, raw_model, optimizers, state, signum, state.iter_num > start_iter)
             if last_step:
                 break
-            set_lr(optimizers, state)
-            loss = train_step(run, train_model, raw_model, optimizers, data, state)
+            set_lr(optimizers, state, k)
+            loss = train_step(run, train_model, raw_model, optimizers, data, state, k)
             state.iter_num += 1
-            if state.iter_num % log_interval == 0 and run.master:
-                log_progress(run, state, loss, (time.time() - t0) / log_interval)
+            if state.iter_num % k.log_interval == 0 and run.master:
+                log_progress(run, state, loss, (time.time() - t0) / k.log_interval, k)
                 t0 = time.time()
     if state.iter_num > start_iter:
         run.log(f"trained {state.iter_num - start_iter} steps in {state.train_time - start_time:.1f}s; "
@@ -731,30 +730,30 @@ def train(run, raw_model, optimizers, data, state):
         run.log(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB")
 
 
-def begin_log(run, model, state):
+def begin_log(run, model, state, k):
     """What a step is (tokens; FLOPs for MFU), and log.csv's header: an unwritable out_dir stops here."""
     T = model.block_size
-    state.tokens_per_iter = batch_size * T * gradient_accumulation_steps * run.world_size
-    run.log(f"tokens per optimizer step: {state.tokens_per_iter:,} = batch_size {batch_size} x "
-            f"block_size {T} x gradient_accumulation_steps {gradient_accumulation_steps} x processes "
+    state.tokens_per_iter = k.batch_size * T * k.gradient_accumulation_steps * run.world_size
+    run.log(f"tokens per optimizer step: {state.tokens_per_iter:,} = batch_size {k.batch_size} x "
+            f"block_size {T} x gradient_accumulation_steps {k.gradient_accumulation_steps} x processes "
             f"{run.world_size}")
     n_params = sum(p.numel() for p in model.parameters())
     per_token = flops_per_token(n_params, len(model.blocks), model.wte.embedding_dim, T)
     state.flops_per_iter = per_token * state.tokens_per_iter
-    state.lr = get_lr(state.iter_num, 0, learning_rate, min_lr, warmup_iters)
-    log = os.path.join(ROOT, out_dir, 'log.csv')
-    if init_from != 'resume' or not os.path.exists(log):
+    state.lr = get_lr(state.iter_num, 0, k.learning_rate, k.min_lr, k.warmup_iters)
+    log = os.path.join(ROOT, k.out_dir, 'log.csv')
+    if k.init_from != 'resume' or not os.path.exists(log):
         write_csv(run, state, 'header')
     elif run.master:  # as the checkpoint left it: rows a crash wrote after it go
         trim_log(log, state.iter_num)
 
 
-def evaluate_and_save(run, model, raw_model, optimizers, data, state):
+def evaluate_and_save(run, model, raw_model, optimizers, data, state, k):
     """The `step N:` line (on instruction pairs, of response tokens only), its row in log.csv, a
     checkpoint, and best.pt when the val loss is the lowest so far."""
     splits = {'train': data.train, 'val': data.val}
     T = raw_model.block_size
-    losses = estimate_loss(model, splits, batch_size, T, eval_iters, run.dev, run.ctx)
+    losses = estimate_loss(model, splits, k.batch_size, T, k.eval_iters, run.dev, run.ctx)
     run.log(f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
     if not math.isfinite(losses['train'] + losses['val']):
         die(f"the loss is not finite at step {state.iter_num}; not saved, {state.last_save}")
@@ -764,7 +763,7 @@ def evaluate_and_save(run, model, raw_model, optimizers, data, state):
     # candidate
     if largest(run, losses['val'])[0] < state.best_val_loss:
         state.best_val_loss, state.best_iter = losses['val'], state.iter_num
-        save(run, raw_model, [], state, os.path.join(ROOT, out_dir, 'best.pt'))
+        save(run, raw_model, [], state, os.path.join(ROOT, k.out_dir, 'best.pt'))
     if state.iter_num > 0:
         save(run, raw_model, optimizers, state)
 
@@ -812,35 +811,35 @@ def get_lr(it, progress, learning_rate, min_lr, warmup_iters, schedule='cosine')
     return min_lr + coeff * (learning_rate - min_lr)
 
 
-def set_lr(optimizers, state):
+def set_lr(optimizers, state, k):
     """This step's rate from the schedule, in every group of every optimizer (Muon's at its scale)."""
-    decay_iters = lr_decay_iters or max_iters
+    decay_iters = k.lr_decay_iters or k.max_iters
     # how far the decay has gone: by steps after warmup, or by time used, whichever is further
-    progress = (state.iter_num - warmup_iters) / max(decay_iters - warmup_iters, 1)
-    if max_time > 0:
-        progress = max(progress, state.train_time / max_time)
-    if not decay_lr:
+    progress = (state.iter_num - k.warmup_iters) / max(decay_iters - k.warmup_iters, 1)
+    if k.max_time > 0:
+        progress = max(progress, state.train_time / k.max_time)
+    if not k.decay_lr:
         progress = 0.0  # the peak rate, for good
-    state.lr = get_lr(state.iter_num, progress, learning_rate, min_lr, warmup_iters, schedule)
+    state.lr = get_lr(state.iter_num, progress, k.learning_rate, k.min_lr, k.warmup_iters, k.schedule)
     for opt in optimizers:
         for group in opt.param_groups:
-            group['lr'] = group['base_lr'] * state.lr / learning_rate
+            group['lr'] = group['base_lr'] * state.lr / k.learning_rate
 
 
-def train_step(run, model, raw_model, optimizers, data, state):
+def train_step(run, model, raw_model, optimizers, data, state, k):
     """One optimizer step: the global batch is world_size x gradient_accumulation_steps
     micro-batches, drawn alike on every process, each process taking its slice. Returns the last
     micro-batch's loss."""
     T = raw_model.block_size
-    n_micro = run.world_size * gradient_accumulation_steps
-    ix = data.train.random_starts((n_micro, batch_size), T, state.data_rng)  # (n_micro, B)
-    for micro in range(gradient_accumulation_steps):
+    n_micro = run.world_size * k.gradient_accumulation_steps
+    ix = data.train.random_starts((n_micro, k.batch_size), T, state.data_rng)  # (n_micro, B)
+    for micro in range(k.gradient_accumulation_steps):
         if run.ddp:  # only the last micro-step averages the gradients across processes
-            model.require_backward_grad_sync = micro == gradient_accumulation_steps - 1
-        x, y = get_batch(data.train, ix[run.rank * gradient_accumulation_steps + micro], T, run.dev)
+            model.require_backward_grad_sync = micro == k.gradient_accumulation_steps - 1
+        x, y = get_batch(data.train, ix[run.rank * k.gradient_accumulation_steps + micro], T, run.dev)
         with run.ctx:
             _, loss = model(x, y)
-        run.scaler.scale(loss / gradient_accumulation_steps).backward()
+        run.scaler.scale(loss / k.gradient_accumulation_steps).backward()
     if largest(run, not math.isfinite(loss.item()))[0]:
         die(f"the loss is not finite at step {state.iter_num}; stopped, {state.last_save}. "
             f"Try a lower learning_rate")
@@ -848,8 +847,8 @@ def train_step(run, model, raw_model, optimizers, data, state):
         run.scaler.unscale_(opt)  # the true gradients (fp16's are scaled), to measure and clip
     trained = [p for p in raw_model.parameters() if p.requires_grad]
     # the norm before clipping, for log.csv; grad_clip=0 measures it and clips nothing
-    state.norms.append(torch.nn.utils.clip_grad_norm_(trained, grad_clip or math.inf).item())
-    logged = (state.iter_num + 1) % log_interval == 0  # this step's update is measured (update_ratio)
+    state.norms.append(torch.nn.utils.clip_grad_norm_(trained, k.grad_clip or math.inf).item())
+    logged = (state.iter_num + 1) % k.log_interval == 0  # this step's update is measured (update_ratio)
     before = [p.detach().clone() for p in trained] if logged else []
     for opt in optimizers:
         run.scaler.step(opt)
@@ -861,15 +860,15 @@ def train_step(run, model, raw_model, optimizers, data, state):
     return loss.item()
 
 
-def log_progress(run, state, loss, dt):
+def log_progress(run, state, loss, dt, k):
     """The progress line and its row in log.csv; dt: a step's time, over the last log_interval."""
     # what is left: the steps, and the evals still due, each as long as the last one
-    evals_left = max_iters // eval_interval - state.iter_num // eval_interval
-    if max_iters % eval_interval:
+    evals_left = k.max_iters // k.eval_interval - state.iter_num // k.eval_interval
+    if k.max_iters % k.eval_interval:
         evals_left += 1  # the last step evaluates too
-    eta = (max_iters - state.iter_num) * dt + evals_left * state.eval_s
-    if max_time > 0:
-        eta = min(eta, max_time - state.train_time)
+    eta = (k.max_iters - state.iter_num) * dt + evals_left * state.eval_s
+    if k.max_time > 0:
+        eta = min(eta, k.max_time - state.train_time)
     mfu = ''
     peak = peak_flops(run.dev_type)  # machine.py knows a few GPUs' peak
     if peak:
@@ -877,7 +876,7 @@ def log_progress(run, state, loss, dt):
     print(f"iter {state.iter_num}: loss {loss:.4f}, lr {state.lr:.2e}, {dt * 1000:.1f} ms/iter, "
           f"{state.tokens_per_iter / dt:,.0f} tok/s{mfu}, eta {eta:.0f}s")
     norms = torch.tensor(state.norms)  # the interval's gradient norms before clipping: its health
-    clipped = (norms > grad_clip).float().mean().item() if grad_clip > 0 else 0.0  # the share clipped
+    clipped = (norms > k.grad_clip).float().mean().item() if k.grad_clip > 0 else 0.0  # the share clipped
     write_csv(run, state, 'train', train_loss=loss, step_ms=dt * 1000, grad_norm=norms.mean().item(),
               clipped=clipped, update_ratio=state.update_ratio)
     state.norms = []
@@ -889,10 +888,10 @@ def write_csv(run, state, kind, **values):
     row = dict(kind=kind, iter=state.iter_num, tokens=state.iter_num * state.tokens_per_iter,
                time_s=state.train_time, lr=state.lr, **values)
     if run.master:
-        log_row(os.path.join(ROOT, out_dir, 'log.csv'), row, new=kind == 'header')  # checkpoint.py
+        log_row(os.path.join(os.path.dirname(state.ckpt_path), 'log.csv'), row, new=kind == 'header')
 
 
-def inference_model(model, state):
+def inference_model(model, state, k):
     """The model to evaluate and sample: LoRA merged into its weights, then int8 or NF4 if
     quantize asks. A QLoRA model stays as it trained (4-bit base plus adapters): merging would
     mean quantizing it again."""
@@ -900,14 +899,21 @@ def inference_model(model, state):
     if state.lora and not qlora:
         from lora import merge_lora
         merge_lora(model)
-    if quantize and not qlora:
+    if k.quantize and not qlora:
         from quant import quantize_model
-        print(quantize_model(model, quantize))  # how much smaller the weights became
+        print(quantize_model(model, k.quantize))  # how much smaller the weights became
     model.eval()
-    if quantize == 'int8':  # which of int8's roads, and why: the faster on 16 greedy tokens
+    if k.quantize == 'int8':  # which of int8's roads, and why: the faster on 16 greedy tokens
         start = torch.zeros((1, 1), dtype=torch.long, device=model.wte.weight.device)
-        print(roads.int8(model, int8_road, lambda: generate(model, start, 16, temperature=0)))
+        print(roads.int8(model, k.int8_road, lambda: generate(model, start, 16, temperature=0)))
     return model
+
+
+def load_model(run, data, k, configured=()):
+    """The model of k.init_from as a run that only samples has it (LoRA merged, quantized as k
+    asks, in eval mode), and its state: the one way a tool (look.py, plot.py, bench.py) loads one."""
+    model, state = build_model(run, data, k, configured)
+    return inference_model(model, state, k), state
 
 
 @torch.no_grad()
@@ -945,11 +951,11 @@ def full_val_loss(model, split, block_size, device, batch_size=64, ctx=nullconte
     return nats / max(count, 1), bpb, count
 
 
-def evaluate(run, model, data, state):
+def evaluate(run, model, data, state, k):
     """The final whole-split evaluation: val loss, bits per byte, exact match on instruction pairs."""
     token_bytes = torch.tensor(data.tok.token_bytes)
     T = model.block_size
-    loss, bpb, count = full_val_loss(model, data.val, T, run.dev, batch_size, run.ctx, token_bytes)
+    loss, bpb, count = full_val_loss(model, data.val, T, run.dev, k.batch_size, run.ctx, token_bytes)
     what = 'predictions'
     if data.val.mask is not None:
         what = 'response tokens'
@@ -957,47 +963,47 @@ def evaluate(run, model, data, state):
     if data.val.mask is not None:
         from instruct import exact_match
         score = exact_match(model, data.val, data.tok, state.template['end'], data.meta.get('val_tasks'),
-                            run.dev, run.ctx, kv_cache)
+                            run.dev, run.ctx, k.kv_cache)
         print('exact match: ' + ', '.join(f"{task} {pct:.1f}%" for task, pct in score.items()))
     return loss, bpb
 
 
 def main():
-    data = load_data(dataset)  # token ids, loss masks, the tokenizer
-    k = SimpleNamespace(**knobs(globals()))  # the knobs, as checks.py reads them
-    for problem in problems(k, ROOT, CONFIGURED):  # settings that can't work
+    k = SimpleNamespace(**knobs(globals()))  # the knobs: only main() reads them, every step takes k
+    data = load_data(k.dataset)  # token ids, loss masks, the tokenizer
+    for problem in problems(k, ROOT, CONFIGURED):  # checks.py: settings that can't work
         die(problem)
     # a run that writes out_dir holds it from the start: process 0 takes its lock
     first_process = int(os.environ.get('RANK', 0)) == 0
     writes = writes_out_dir(k) and first_process
-    with claimed(os.path.join(ROOT, out_dir) if writes else None):
+    with claimed(os.path.join(ROOT, k.out_dir) if writes else None):
         # machine.py: one process or torchrun's; device and precision
-        run = start_processes(device)
-        model, state = build_model(run, data)  # scratch, resume, or a checkpoint to fine-tune
+        run = start_processes(k.device)
+        model, state = build_model(run, data, k, CONFIGURED)  # scratch, resume, or a checkpoint to fine-tune
         # max_iters=0 (or eval_only) with a loaded model: no training, only what follows
-        trains = max_iters > 0 and not eval_only
-        choose_roads(run, model, data, state, trains)  # the precisions: as asked, or timed here
+        trains = k.max_iters > 0 and not k.eval_only
+        choose_roads(run, model, data, state, trains, k)  # the precisions: as asked, or timed here
         if trains and state.lora and state.ckpt is None and run.master:  # lora.py: its base kept safe
             from lora import keep_base
-            keep_base(state.base, os.path.join(ROOT, out_dir))
+            keep_base(state.base, os.path.join(ROOT, k.out_dir))
         if trains:
-            optimizers = make_optimizers(run, model, state)
+            optimizers = make_optimizers(run, model, state, k)
             restore_randomness(run, state)
-            train(run, model, optimizers, data, state)
-        elif export:  # max_iters=0 from a checkpoint, asked to write it out
-            export_checkpoint(run, model, state)
+            train(run, model, optimizers, data, state, k)
+        elif k.export:  # max_iters=0 from a checkpoint, asked to write it out
+            export_checkpoint(run, model, state, k)
         finish_processes(run)
         if not run.master:
             return
         if trains:
-            best_model(model, data, state)
-        model = inference_model(model, state)
-        if trains or eval_only:
-            loss, bpb = evaluate(run, model, data, state)
+            best_model(model, data, state, k)
+        model = inference_model(model, state, k)
+        if trains or k.eval_only:
+            loss, bpb = evaluate(run, model, data, state, k)
         if trains:
             write_csv(run, state, 'final', val_loss=loss, val_bpb=bpb)
-    if not eval_only and max_new_tokens > 0:  # eval_only stops at the whole-split loss
-        sample(run, model, data, state)
+    if not k.eval_only and k.max_new_tokens > 0:  # eval_only stops at the whole-split loss
+        sample(run, model, data, state, k)
 
 
 if __name__ == '__main__':

@@ -51,24 +51,23 @@ def build(path, text):
     checkpoint's step), in float32, and what its Linears were quantized to ('none', or a QLoRA
     base's type). gpt.py's checks run on the knobs passed on, and the windows and the text are
     checked, before the model is built."""
-    gpt.init_from = path
-    gpt.max_iters = 0
-    gpt.device = 'cpu'
+    k = SimpleNamespace(**{**knobs(GPT_KNOBS), 'init_from': path, 'max_iters': 0, 'device': 'cpu'})
+    configured = GPT_KNOBS.get('CONFIGURED', {})
     step = None  # a GPT-2 folder's
-    quantized = gpt.quantize or 'none'
+    quantized = k.quantize or 'none'
     T = 1024  # GPT-2's context, unless --block_size crops it
-    if 'block_size' in gpt.CONFIGURED:
-        T = gpt.block_size
+    if 'block_size' in configured:
+        T = k.block_size
     if os.path.isfile(path):
         ckpt = load_checkpoint(path, 'gpt')  # one line for a missing, damaged or foreign file
         step = ckpt['iter_num']
         T = ckpt['model_args']['block_size']
         quantized = (ckpt.get('lora') or {}).get('quantize') or quantized  # a QLoRA base's
-        if 'dataset' not in gpt.CONFIGURED:  # a checkpoint knows its dataset
-            gpt.dataset = ckpt['config'].get('dataset', gpt.dataset)
-    for problem in problems(SimpleNamespace(**knobs(vars(gpt))), gpt.ROOT, gpt.CONFIGURED):  # checks.py
+        if 'dataset' not in configured:  # a checkpoint knows its dataset
+            k.dataset = ckpt['config'].get('dataset', k.dataset)
+    for problem in problems(k, gpt.ROOT, configured):  # checks.py
         die(problem)
-    data = gpt.load_data(gpt.dataset)
+    data = gpt.load_data(k.dataset)
     held = max(1, (len(data.val.ids) - 1) // T)
     if windows > held:
         die(f"--windows={windows}: the val split holds {held:,} windows of {T} tokens")
@@ -78,11 +77,10 @@ def build(path, text):
         print(f"note: the text is {len(data.tok.encode(text)):,} tokens; the page shows the first "
               f"{min(n_tokens, T)} (n_tokens {n_tokens}, the model's context {T})")
     run = start_processes('cpu')
-    model, state = gpt.build_model(run, data)
     set_precision(run, 'float32', 'the page shows the model in float32')
-    model = gpt.inference_model(model, state)
+    model, state = gpt.load_model(run, data, k, configured)
     state.iter_num = step
-    return model, data, state, quantized
+    return model, data, state, {'quantize': quantized, 'dataset': k.dataset}
 
 
 def chosen_ids(model, data, text):
@@ -138,7 +136,7 @@ def look(model, ids, targets):
 
 
 def page_data(model, data, state, ids, targets, path, what):
-    """Everything the page shows, as one JSON-able dict; what: its 'quantize' and 'health'."""
+    """Everything the page shows, as one JSON-able dict; what: its 'quantize', 'dataset' and 'health'."""
     loss, rank, top, lens, att = look(model, ids, targets)
     tok = data.tok
     scored = [t for t in range(len(ids)) if targets[t] >= 0]
@@ -186,7 +184,7 @@ def page_data(model, data, state, ids, targets, path, what):
                  'parameters': sum(p.numel() for p in model.parameters()), 'file_bytes': ckpt_bytes,
                  'model_args': state.model_args,
                  'tokenizer': f"{tok.describe()['type']}, {tok.vocab_size} tokens",
-                 'dataset': gpt.dataset, 'quantize': what['quantize'],
+                 'dataset': what['dataset'], 'quantize': what['quantize'],
                  'whole_val_loss': whole[0], 'whole_val_bpb': whole[1]},
         'heads': head_habits(model, data.val),
         'health': what['health'],
@@ -307,14 +305,15 @@ def main(paths):
     run_health = health(path)  # a damaged log.csv is refused before the work
     if os.path.exists(path):  # a file or a folder here; else a hub name (gpt2, ...)
         path = os.path.abspath(path)
-    model, data, state, quantized = build(path, text)
+    model, data, state, what = build(path, text)
     ids, targets = chosen_ids(model, data, text)
-    what = {'quantize': quantized, 'health': run_health}
+    what['health'] = run_health
     write_page(page_data(model, data, state, ids, targets, paths[0], what), target)
 
 
 # gpt.py's knobs that look.py passes on: what it looks at and how the model is made to sample
 PASSED = ('dataset', 'quantize', 'int8_road', 'lora_rank', 'lora_alpha', 'block_size')
+GPT_KNOBS = dict(vars(gpt))  # gpt.py's knobs as look.py runs it: configure_both() sets them
 
 
 def configure_both(options):
@@ -323,6 +322,7 @@ def configure_both(options):
     if '--help' in options:
         print(__doc__.strip() + f"\n\ngpt.py's knobs it passes on: {', '.join(PASSED)}\n")
         configure(globals(), ['--help'])
+    global GPT_KNOBS
     own, theirs = [], []
     for option in options:
         key = option.split('=')[0].lstrip('-')
@@ -334,7 +334,8 @@ def configure_both(options):
         else:
             own.append(option)
     configure(globals(), own)
-    configure(vars(gpt), theirs)
+    GPT_KNOBS = dict(vars(gpt))  # a copy: gpt's own globals stay as they are
+    configure(GPT_KNOBS, theirs)
 
 
 if __name__ == '__main__':

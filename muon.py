@@ -7,6 +7,7 @@ optimizer asks for it (the lecture's optimizer='adamw' never does).
 import torch
 
 
+@torch.profiler.record_function('Muon: Newton-Schulz')  # a range bench.py --profile reads
 def newton_schulz(G, steps=5):
     """The nearest semi-orthogonal matrix to G, approximately: all
     singular values pushed towards 1."""

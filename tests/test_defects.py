@@ -235,12 +235,12 @@ def test_bench_honours_int8_road(proj):
     import bench
     import gpt
     model = gpt.GPT(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=32)
-    saved = (bench.gen_tokens, bench.gen_repeats, gpt.int8_road)
-    bench.gen_tokens, bench.gen_repeats, gpt.int8_road = 3, 1, 'float'
+    saved = (bench.gen_tokens, bench.gen_repeats)
+    bench.gen_tokens, bench.gen_repeats = 3, 1
     try:
-        rows, int8 = bench.bench_sampling(model, 'cpu')
+        rows, int8 = bench.bench_sampling(model, 'cpu', 'float')
     finally:
-        bench.gen_tokens, bench.gen_repeats, gpt.int8_road = saved
+        bench.gen_tokens, bench.gen_repeats = saved
     assert 'int8 on the float road (as asked)' in int8
 
 
