@@ -116,13 +116,13 @@ def bench_sampling(model, dev, int8_road='auto'):
         quant.quantize_model(models[kind], kind)
     prompt = torch.zeros((1, 1), dtype=torch.long, device=dev)
     # its road here: --int8_road's, or on 'auto' the faster of the exact roads (roads.py)
-    int8 = roads.int8(models['int8'], int8_road, lambda: models['int8'].generate(prompt, 16, temperature=0))
+    int8 = roads.int8(models['int8'], int8_road, lambda: gpt.generate(models['int8'], prompt, 16, temperature=0))
     settings = [('fp32', True), ('fp32', False), ('int8', True), ('nf4', True)]
     times = {s: [] for s in settings}
     for _ in range(gen_repeats):
         for kind, cache in settings:  # interleaved, so that all see the same machine state
             gen = torch.Generator(dev).manual_seed(0)
-            run = lambda: models[kind].generate(prompt, gen_tokens, 1.0, kv_cache=cache, generator=gen)
+            run = lambda: gpt.generate(models[kind], prompt, gen_tokens, 1.0, kv_cache=cache, generator=gen)
             times[kind, cache].append(timed(run, dev))
     rate = {s: gen_tokens / statistics.median(t) for s, t in times.items()}
     # a cached step reads every weight matrix once: the blocks' Linear
@@ -145,7 +145,7 @@ def bench_sampling(model, dev, int8_road='auto'):
     for q, d in zip(models['int8'].modules(), dequantized.modules()):
         if isinstance(q, quant.Int8Linear):
             d.weight.data = q.dequantize()
-    greedy = [m.generate(prompt, gen_tokens, temperature=0) for m in (models['int8'], dequantized)]
+    greedy = [gpt.generate(m, prompt, gen_tokens, temperature=0) for m in (models['int8'], dequantized)]
     rows.append(('int8 road on this CPU (roads.py)', int8))
     same = 'yes'
     if not torch.equal(*greedy):

@@ -450,9 +450,11 @@ def sample_next(logits, temperature, top_k=0, top_p=1.0, generator=None):
 
 @torch.inference_mode()  # no_grad, lighter: no version counters; its tensors never enter autograd
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, kv_cache=True, generator=None,
-             done=None):
-    """Append up to max_new_tokens sampled tokens to idx (B, T); stop early once done(new_ids) is
-    true for every row (new_ids: a row's sampled ids so far). The context is cropped to block_size.
+             stop=None, stream=None):
+    """Append up to max_new_tokens sampled tokens to idx (B, T) and return it; it prints nothing.
+    stream(new) is called after each token with every row's sampled ids so far (a list of lists),
+    to show them; generation stops early once stop(ids) is true for each row's. The context is
+    cropped to block_size.
 
     With the cache, each step feeds only the newest token. Positions end at block_size, so a full
     cache is rebuilt from the last half block (one forward over it, at positions 0..): every
@@ -481,12 +483,12 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, kv
             in_cache = idx.size(1)
         next_ids = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
         idx = torch.cat((idx, next_ids), dim=1)
-        if done is not None and all(done(row[prompt_len:]) for row in idx.tolist()):
+        new = idx[:, prompt_len:].tolist()
+        if stream is not None:
+            stream(new)
+        if stop is not None and all(stop(row) for row in new):
             break
     return idx
-
-
-GPT.generate = generate  # model.generate(idx, ...), as nanoGPT calls it
 
 
 def sample(run, model, data, state, k):
@@ -503,12 +505,12 @@ def sample(run, model, data, state, k):
         ids = data.tok.encode(text + sep)
         for _ in range(k.num_samples):
             print(text + sep, end='', flush=True)
-            printer = Printer(data.tok, end)
+            printer = Printer(data.tok, end)  # stream.py: the text that is ready, as it grows
             t0 = time.time()
             with run.ctx:
-                out = model.generate(torch.tensor([ids], device=run.dev), k.max_new_tokens, k.temperature, k.top_k,
-                                     k.top_p, k.kv_cache, g, printer)
-            printer(out[0, len(ids):].tolist(), final=True)
+                out = generate(model, torch.tensor([ids], device=run.dev), k.max_new_tokens, k.temperature,
+                               k.top_k, k.top_p, k.kv_cache, g, stop=printer.ends, stream=printer.show)
+            printer.show([out[0, len(ids):].tolist()], final=True)
             print('\n---------------', flush=True)
             n, dt = out.size(1) - len(ids), time.time() - t0
             print(f"({n} tokens in {dt:.2f} s: {n / dt:.1f} tokens/s)", file=sys.stderr)  # stdout: the text alone
@@ -962,7 +964,7 @@ def evaluate(run, model, data, state, k):
     print(f"whole-split val loss {loss:.4f} ({count:,} {what}), val bpb {bpb:.4f}")
     if data.val.mask is not None:
         from instruct import exact_match
-        score = exact_match(model, data.val, data.tok, state.template['end'], data.meta.get('val_tasks'),
+        score = exact_match(generate, model, data.val, data.tok, state.template['end'], data.meta.get('val_tasks'),
                             run.dev, run.ctx, k.kv_cache)
         print('exact match: ' + ', '.join(f"{task} {pct:.1f}%" for task, pct in score.items()))
     return loss, bpb

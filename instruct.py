@@ -40,8 +40,8 @@ class PairSplit:
 
 
 @torch.no_grad()
-def exact_match(model, split, tok, end, tasks, device, ctx, kv_cache=True):
-    """Answer every held-out pair greedily and compare with its response,
+def exact_match(generate, model, split, tok, end, tasks, device, ctx, kv_cache=True):
+    """Answer every held-out pair greedily (generate: gpt.py's) and compare with its response,
     exactly: the share right per task."""
     ids, mask, bounds = np.asarray(split.ids), np.asarray(split.mask), [*split.starts, len(split.ids)]
     pairs = []  # (prompt ids, the response's length in tokens, the response's text)
@@ -57,8 +57,8 @@ def exact_match(model, split, tok, end, tasks, device, ctx, kv_cache=True):
             chunk = group[b:b + 256]
             idx = torch.tensor([pairs[i][0] for i in chunk], dtype=torch.long, device=device)
             with ctx:
-                out = model.generate(idx, max(pairs[i][1] for i in chunk) + 1, temperature=0, kv_cache=kv_cache,
-                                     done=lambda new: end in tok.decode(new))
+                out = generate(model, idx, max(pairs[i][1] for i in chunk) + 1, temperature=0, kv_cache=kv_cache,
+                               stop=lambda new: end in tok.decode(new))
             for i, row in zip(chunk, out[:, idx.size(1):].tolist()):
                 text = tok.decode(row)
                 right[i] = end in text and text[:text.index(end)] == pairs[i][2]

@@ -6,17 +6,21 @@ from checks import prompt_problem
 
 
 class Printer:
-    """Prints a sample as it grows, as generate()'s done(): after each token, the text that is
-    ready (no character cut in half, nothing that may be the start of `end`) up to `end`; True
-    once `end` is there."""
+    """A sample printed as it grows: show() is generate()'s stream, ends() its stop."""
 
     def __init__(self, tok, end):
         self.tok = tok
-        self.end = end
+        self.end = end  # the text a sample ends at, or ''
         self.printed = 0  # characters of the sample's text printed so far
 
-    def __call__(self, new_ids, final=False):
-        text = self.tok.decode(new_ids)
+    def ends(self, ids):
+        """Whether the sample's ids so far hold the end."""
+        return bool(self.end) and self.end in self.tok.decode(ids)
+
+    def show(self, new, final=False):
+        """Print the text that is ready (no character cut in half, nothing that may be the start of
+        the end) of the first row of new (each row's ids so far), up to the end."""
+        text = self.tok.decode(new[0])
         end_at = -1
         if self.end:
             end_at = text.find(self.end)
@@ -28,7 +32,6 @@ class Printer:
             ready = len(text.rstrip('\ufffd')) - max(len(self.end) - 1, 0)
         print(text[self.printed:ready], end='', flush=True)
         self.printed = max(self.printed, ready)
-        return end_at >= 0
 
 
 def prompts(tok, block_size, sep, prompt, interactive):

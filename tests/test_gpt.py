@@ -116,7 +116,7 @@ def test_cpu_attention_runs_in_fp32_under_bf16_autocast(monkeypatch):
 def test_cached_generation_equals_uncached(temperature, top_k, top_p):
     model = tiny(block_size=32).eval()
     prompt = torch.randint(V, (3, 5))
-    outs = [model.generate(prompt, 27, temperature, top_k, top_p, kv_cache=c,
+    outs = [gpt.generate(model, prompt, 27, temperature, top_k, top_p, kv_cache=c,
                            generator=torch.Generator().manual_seed(1)) for c in (True, False)]
     assert outs[0].shape == (3, 32) and torch.equal(outs[0], outs[1])
     assert torch.equal(outs[0][:, :5], prompt)  # the output starts with the prompt
@@ -127,7 +127,7 @@ def test_generation_beyond_block_size():
     for prompt_len in (3, 20):  # a prompt inside and one longer than the block
         prompt = torch.randint(V, (2, prompt_len))
         for cache in (True, False):
-            out = model.generate(prompt, 30, 1.0, kv_cache=cache, generator=torch.Generator().manual_seed(0))
+            out = gpt.generate(model, prompt, 30, 1.0, kv_cache=cache, generator=torch.Generator().manual_seed(0))
             assert out.shape == (2, prompt_len + 30)
     # after the cache is rebuilt, the next logits are those of the last block_size // 2 tokens
     idx = torch.randint(V, (1, 9))
@@ -142,7 +142,7 @@ def test_cached_generation_with_the_smallest_blocks(block_size):
     # the cache is rebuilt from the last max(block_size // 2, 1) tokens: still the uncached tokens
     model = tiny(block_size=block_size).eval()
     prompt = torch.randint(V, (2, 1))
-    outs = [model.generate(prompt, 12, 1.0, kv_cache=c, generator=torch.Generator().manual_seed(3))
+    outs = [gpt.generate(model, prompt, 12, 1.0, kv_cache=c, generator=torch.Generator().manual_seed(3))
             for c in (True, False)]
     assert outs[0].shape == (2, 13) and (block_size > 1 or torch.equal(outs[0], outs[1]))
 
@@ -150,7 +150,7 @@ def test_cached_generation_with_the_smallest_blocks(block_size):
 def test_greedy_is_deterministic():
     model = tiny().eval()
     prompt = torch.randint(V, (2, 4))
-    a, b = (model.generate(prompt, 12, temperature=0) for _ in range(2))
+    a, b = (gpt.generate(model, prompt, 12, temperature=0) for _ in range(2))
     assert torch.equal(a, b)
 
 

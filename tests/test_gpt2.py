@@ -53,7 +53,7 @@ def test_logits_and_greedy_text_equal_transformers(reference):
         assert (model(idx, idx)[0] - theirs(idx).logits).abs().max() < 1e-4
         greedy = theirs.generate(idx[:, :8], max_new_tokens=40, do_sample=False, attention_mask=torch.ones(3, 8))
     for kv_cache in (True, False):
-        assert torch.equal(model.generate(idx[:, :8], 40, temperature=0, kv_cache=kv_cache), greedy)
+        assert torch.equal(gpt.generate(model, idx[:, :8], 40, temperature=0, kv_cache=kv_cache), greedy)
 
 
 def test_each_difference_from_our_defaults_matters(reference):

@@ -48,11 +48,11 @@ def test_stop_cuts_generation_cached_and_uncached():
     torch.manual_seed(0)
     model = gpt.GPT(11, 32, 2, 2, 16).eval()
     prompt = torch.randint(11, (1, 3))
-    full = model.generate(prompt, 20, temperature=0)[0, 3:].tolist()
+    full = gpt.generate(model, prompt, 20, temperature=0)[0, 3:].tolist()
     target = full[5]  # stop at the first time this token comes out
     first = full.index(target)
     for cache in (True, False):
-        out = model.generate(prompt, 20, temperature=0, kv_cache=cache, done=lambda new: target in new)
+        out = gpt.generate(model, prompt, 20, temperature=0, kv_cache=cache, stop=lambda new: target in new)
         assert out[0, 3:].tolist() == full[:first + 1]
 
 
@@ -165,12 +165,12 @@ def test_exact_match_follows_kv_cache():
     ids = np.array([1, 2, 3, 4, 5, 6] * 4, dtype=np.uint16)
     mask = np.array([0, 0, 0, 1, 1, 1] * 4, dtype=np.uint8)
     model, seen = gpt.GPT(11, 16, 1, 1, 16).eval(), []
-    generate = model.generate
-    model.generate = lambda *a, **k: seen.append(k['kv_cache']) or generate(*a, **k)
+    watched = lambda *a, **k: seen.append(k['kv_cache']) or gpt.generate(*a, **k)  # exact_match's generate
 
     class Tok:
         decode = staticmethod(lambda ids: ''.join(chr(97 + i) for i in ids))
     for cache in (True, False):
-        instruct.exact_match(model, instruct.PairSplit(ids, mask), Tok, 'g', None, 'cpu', contextlib.nullcontext(), cache)
+        split = instruct.PairSplit(ids, mask)
+        instruct.exact_match(watched, model, split, Tok, 'g', None, 'cpu', contextlib.nullcontext(), cache)
         assert seen and set(seen) == {cache}
         seen.clear()

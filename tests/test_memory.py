@@ -167,9 +167,9 @@ def test_cached_equals_uncached_under_quantization(kind):
     m = spread(model().eval(), 0.2)
     quant.quantize_model(m, kind)
     prompt = torch.randint(65, (3, 5))
-    a, b = (m.generate(prompt, 25, 1.0, kv_cache=c, generator=torch.Generator().manual_seed(1)) for c in (True, False))
+    a, b = (gpt.generate(m, prompt, 25, 1.0, kv_cache=c, generator=torch.Generator().manual_seed(1)) for c in (True, False))
     assert torch.equal(a, b)
-    a, b = (m.generate(prompt, 25, 0.0, kv_cache=c) for c in (True, False))
+    a, b = (gpt.generate(m, prompt, 25, 0.0, kv_cache=c) for c in (True, False))
     assert torch.equal(a, b)
 
 
@@ -181,7 +181,7 @@ def test_int8_greedy_tokens_are_those_of_its_dequantized_weights():
         if isinstance(q, quant.Int8Linear):
             d.weight.data = q.dequantize()
     prompt = torch.randint(65, (4, 3))
-    assert torch.equal(m.generate(prompt, 60, 0.0), dequantized.generate(prompt, 60, 0.0))
+    assert torch.equal(gpt.generate(m, prompt, 60, 0.0), gpt.generate(dequantized, prompt, 60, 0.0))
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():

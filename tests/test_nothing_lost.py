@@ -145,8 +145,8 @@ def test_without_the_causal_mask_sampling_never_uses_the_cache():
     for p in model.parameters():
         p.data.normal_(0, 0.5)
     prompt = torch.randint(65, (8, 4))
-    cached = model.generate(prompt, 20, temperature=0, kv_cache=True)
-    assert torch.equal(cached, model.generate(prompt, 20, temperature=0, kv_cache=False))
+    cached = gpt.generate(model, prompt, 20, temperature=0, kv_cache=True)
+    assert torch.equal(cached, gpt.generate(model, prompt, 20, temperature=0, kv_cache=False))
 
 
 def test_without_the_causal_mask_the_script_says_it_samples_without_the_cache(trained):
