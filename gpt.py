@@ -31,7 +31,7 @@ import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -367,6 +367,18 @@ class GPT(nn.Module):
         if weight_init == 'nanogpt':
             self.nanogpt_init(n_layer)
 
+    @contextmanager
+    def explicit_attention(self):
+        """Inside: every block's attention() (the explicit softmax), which keeps its weights in
+        attn.att for look.py's page and plot.py's picture; after it, the fused kernel again."""
+        for block in self.blocks:
+            block.attn.use_sdpa = False
+        try:
+            yield
+        finally:
+            for block in self.blocks:
+                block.attn.use_sdpa = True
+
     def nanogpt_init(self, n_layer):
         """nanoGPT's init: matrices N(0, 0.02), the projections into the residual stream smaller
         by depth (each block adds two), biases zero."""
@@ -657,8 +669,10 @@ def make_optimizers(run, model, state, k):
                                         weight_decay=0.0, fused=fused)]
     else:
         muon_params, decay, no_decay = [], [], []
+        if k.optimizer == 'muon':  # muon.py loads only here, when a run has Muon
+            from muon import Muon, for_muon
         for name, p in params.items():
-            if p.dim() >= 2 and name.startswith('blocks.') and k.optimizer == 'muon':
+            if k.optimizer == 'muon' and for_muon(name, p):
                 muon_params.append(p)
             elif p.dim() >= 2:  # AdamW decays matrices only
                 decay.append(p)
@@ -667,7 +681,6 @@ def make_optimizers(run, model, state, k):
         groups = [{'params': decay, 'weight_decay': k.weight_decay}, {'params': no_decay, 'weight_decay': 0}]
         optimizers = [torch.optim.AdamW(groups, k.learning_rate, (k.beta1, k.beta2), fused=fused)]
         if muon_params:
-            from muon import Muon
             ns_dtype = getattr(torch, state.roads['newton_schulz'])  # roads.py's choice
             optimizers.append(Muon(muon_params, lr=k.muon_lr, ns_dtype=ns_dtype))
     ckpt = state.ckpt

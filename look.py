@@ -20,7 +20,6 @@ import json
 import math
 import os
 import sys
-from contextlib import contextmanager
 from types import SimpleNamespace
 
 import numpy as np
@@ -31,7 +30,8 @@ import gpt
 from checkpoint import LOG_COLUMNS, load_checkpoint, read_log, write_atomic
 from checks import die, problems
 from configurator import configure, knobs
-from machine import set_precision, start_processes
+from machine import start_processes
+from roads import set_precision
 
 # -----------------------------------------------------------------------------
 prompt = ''  # the text to look at; '' takes a slice of the val split
@@ -97,19 +97,6 @@ def chosen_ids(model, data, text):
     return ids[:n], targets[:n]
 
 
-@contextmanager
-def kept_attention(model):
-    """Inside: the explicit attention, which keeps its weights (block.attn.att); the same numbers as
-    the fused kernel's, which the whole-split loss uses outside (it holds no (T, T) matrices)."""
-    for block in model.blocks:
-        block.attn.use_sdpa = False
-    try:
-        yield
-    finally:
-        for block in model.blocks:
-            block.attn.use_sdpa = True
-
-
 @torch.no_grad()
 def look(model, ids, targets):
     """Per token: loss, top 5, the true next token's probability and rank, attention (n_layer,
@@ -118,7 +105,7 @@ def look(model, ids, targets):
     hooks = [b.register_forward_hook(lambda m, i, o: residuals.append(o)) for b in model.blocks]
     x = torch.tensor([ids])
     y = torch.tensor([targets])
-    with kept_attention(model):
+    with model.explicit_attention():
         logits = model(x, y)[0][0].float()  # (T, vocab)
     for h in hooks:
         h.remove()
@@ -205,7 +192,7 @@ def head_habits(model, split):
     t = torch.arange(T)
     # a batch whose attention weights, which every block keeps, stay near 16M numbers
     for x in torch.split(windows_ids, max(1, 2**24 // (T * T * n_head * n_layer))):
-        with kept_attention(model):
+        with model.explicit_attention():
             model(x, x)
         for layer, block in enumerate(model.blocks):
             att = block.attn.att  # (B, n_head, T, T)

@@ -86,8 +86,8 @@ class Processes:
     world_size: int  # how many processes
     dev: str  # 'cpu', 'mps' or 'cuda:N'
     dev_type: str  # 'cpu', 'mps' or 'cuda'
-    ctx: object = nullcontext()  # set_precision(): autocast in the run's precision, or a nullcontext
-    scaler: object = None  # set_precision(): fp16's gradient scaler (off in other precisions)
+    ctx: object = nullcontext()  # roads.set_precision(): autocast in the run's precision, or a nullcontext
+    scaler: object = None  # roads.set_precision(): fp16's gradient scaler (off in other precisions)
 
     @property
     def master(self):
@@ -118,19 +118,6 @@ def start_processes(device):
             backend = 'nccl'
         dist.init_process_group(backend=backend)
     return Processes(ddp, rank, local_rank, world_size, dev, dev_type)
-
-
-def set_precision(run, ptdtype, why):
-    """The precision of the run's forward passes (roads.precision chooses it): run.ctx runs them
-    in it (autocast, or a nullcontext for float32), run.scaler scales fp16's gradients. Says which,
-    and why."""
-    run.log(f"device: {run.dev}, dtype: {ptdtype} ({why})")
-    run.ctx = nullcontext()
-    if ptdtype != 'float32':
-        run.ctx = torch.autocast(run.dev_type, dtype=getattr(torch, ptdtype))
-    run.scaler = torch.amp.GradScaler(run.dev_type, enabled=ptdtype == 'float16')
-    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for float32 work on GPUs
-    torch.backends.cudnn.allow_tf32 = True
 
 
 def gather(procs, t):

@@ -22,6 +22,12 @@ def newton_schulz(G, steps=5):
     return X.T if G.size(0) > G.size(1) else X
 
 
+def for_muon(name, p):
+    """Whether Muon trains the GPT's parameter p (named name): the blocks' matrices. AdamW trains
+    the embeddings, the head and the norms' gains."""
+    return p.dim() >= 2 and name.startswith('blocks.')
+
+
 class Muon(torch.optim.Optimizer):
     """Momentum, then orthogonalize the update: every direction of a weight
     matrix moves at the same rate. ns_dtype: Newton-Schulz's precision. bf16 gives the update

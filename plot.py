@@ -77,9 +77,7 @@ def attention_maps(path, text):
     model = gpt.GPT(**ckpt['model_args']).eval()
     model.load_state_dict(full_weights(path, ckpt, tok, None, gpt.GPT))
     ids = tok.encode(text)[-model.block_size:]  # what the model can see at once
-    for block in model.blocks:
-        block.attn.use_sdpa = False  # the explicit path keeps its weights
-    with torch.no_grad():
+    with torch.no_grad(), model.explicit_attention():  # the explicit path keeps its weights
         model(torch.tensor([ids]))
     att = torch.stack([b.attn.att[0] for b in model.blocks])  # (n_layer, n_head, T, T)
     return [tok.decode([i]) for i in ids], att.numpy()

@@ -19,12 +19,13 @@ import json
 import os
 import statistics
 import time
+from contextlib import nullcontext
 
 import torch
 
 from checkpoint import fcntl, write_atomic
 from checks import die
-from machine import cpu_name, largest, set_precision
+from machine import cpu_name, largest
 
 CACHE = os.environ.get('MINIGPT_ROADS', os.path.join(os.path.expanduser('~'), '.cache', 'minigpt', 'roads.json'))
 MARGIN = 1.1  # an approximate road (bf16) is taken only when its median is at least 10% faster
@@ -125,7 +126,8 @@ def choose(run, model, model_args, batch, asked, saved, trains, muon_trains):
     follow; sets run.ctx and run.scaler (machine.py) and says what was chosen, and why."""
     shapes = []  # Muon's matrices
     if muon_trains:
-        shapes = [tuple(p.shape) for name, p in model.named_parameters() if p.dim() >= 2 and name.startswith('blocks.')]
+        from muon import for_muon
+        shapes = [tuple(p.shape) for name, p in model.named_parameters() if for_muon(name, p)]
     if asked['newton_schulz'] != 'auto' and not muon_trains:  # a resumed LoRA run: AdamW alone
         die("newton_schulz is Muon's precision, and this run trains no Muon: leave --newton_schulz out")
     chosen = [0, 0]
@@ -140,6 +142,19 @@ def choose(run, model, model_args, batch, asked, saved, trains, muon_trains):
     if muon_trains:
         run.log(f"Newton-Schulz in {roads['newton_schulz']} ({ns_why})")
     return roads
+
+
+def set_precision(run, ptdtype, why):
+    """The precision of the run's forward passes (precision() chooses it): run.ctx runs them
+    in it (autocast, or a nullcontext for float32), run.scaler scales fp16's gradients. Says which,
+    and why."""
+    run.log(f"device: {run.dev}, dtype: {ptdtype} ({why})")
+    run.ctx = nullcontext()
+    if ptdtype != 'float32':
+        run.ctx = torch.autocast(run.dev_type, dtype=getattr(torch, ptdtype))
+    run.scaler = torch.amp.GradScaler(run.dev_type, enabled=ptdtype == 'float16')
+    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for float32 work on GPUs
+    torch.backends.cudnn.allow_tf32 = True
 
 
 PRECISIONS = ('float32', 'bfloat16', 'float16')
