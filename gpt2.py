@@ -100,6 +100,27 @@ def shape_of(name, C, V, T):
     return shapes.get(part, (C,))  # the norms' weights and biases, and the projections' biases
 
 
+# GPT-2's weights: Hugging Face's names (after 'transformer.') beside ours, and whether the matrix is
+# transposed (GPT-2's Conv1D keeps (in, out), nn.Linear (out, in)). In block i, ours are Hugging
+# Face's with h.{i}. read as blocks.{i}. The loader reads the table forwards; an export to Hugging
+# Face's format runs it backwards. The head is the token embedding (tied).
+WEIGHTS = {'wte.weight': False, 'wpe.weight': False, 'ln_f.weight': False, 'ln_f.bias': False}
+BLOCK_WEIGHTS = {'ln_1.weight': False, 'ln_1.bias': False, 'ln_2.weight': False, 'ln_2.bias': False,
+                 'attn.c_attn.weight': True, 'attn.c_attn.bias': False,
+                 'attn.c_proj.weight': True, 'attn.c_proj.bias': False,
+                 'mlp.c_fc.weight': True, 'mlp.c_fc.bias': False,
+                 'mlp.c_proj.weight': True, 'mlp.c_proj.bias': False}
+
+
+def weight_names(n_layer):
+    """Every weight of a GPT-2 of n_layer blocks: (Hugging Face's name, ours, transposed)."""
+    names = [(name, name, transposed) for name, transposed in WEIGHTS.items()]
+    for i in range(n_layer):
+        for name, transposed in BLOCK_WEIGHTS.items():
+            names.append((f'h.{i}.{name}', f'blocks.{i}.{name}', transposed))
+    return names
+
+
 def load_gpt2(name, tok, dataset, block_size=None):
     """GPT-2 as gpt.py's checkpoints are: {'model' (gpt.py's names), 'model_args',
     'tokenizer', ...}, and the model.safetensors it came from (a LoRA run pins it by
@@ -121,26 +142,22 @@ def load_gpt2(name, tok, dataset, block_size=None):
     if tok is not None and tok.describe() != ours.describe():
         die(f"dataset '{dataset}' was prepared with another tokenizer than {name}'s: encode your text "
             f"with its own, python prepare.py --input=FILE --dataset=NAME --tokenizer_from={name}")
-    weights = {}
+    theirs = {}
     for k, v in tensors.items():
         k = k.removeprefix('transformer.')
         if k.endswith(('.attn.bias', '.attn.masked_bias')) or k == 'lm_head.weight':
             continue  # the causal mask, kept as a buffer; the head is the token embedding (tied)
-        if k.endswith(('c_attn.weight', 'c_proj.weight', 'c_fc.weight')):
-            v = v.t()  # Conv1D's (in, out) as nn.Linear's (out, in)
-        weights[k.replace('h.', 'blocks.', 1) if k.startswith('h.') else k] = v.contiguous()
-    if 'wpe.weight' in weights:
-        weights['wpe.weight'] = weights['wpe.weight'][:model_args['block_size']]
-    if 'wte.weight' in weights:
-        weights['lm_head.weight'] = weights['wte.weight']
-    expected = {f'blocks.{i}.{part}.{w}' for i in range(model_args['n_layer'])
-                for part in ('ln_1', 'attn.c_attn', 'attn.c_proj', 'ln_2', 'mlp.c_fc', 'mlp.c_proj')
-                for w in ('weight', 'bias')}
-    expected |= {'wte.weight', 'wpe.weight', 'ln_f.weight', 'ln_f.bias', 'lm_head.weight'}
-    if set(weights) != expected:
-        odd = sorted(set(weights) ^ expected)
+        theirs[k] = v
+    names = weight_names(model_args['n_layer'])
+    if set(theirs) != {hf for hf, _, _ in names}:
+        odd = sorted(set(theirs) ^ {hf for hf, _, _ in names})
         die(f"{folder}/model.safetensors does not hold the GPT-2 of its config.json "
             f"({len(odd)} names differ: {odd[:3]})")
+    weights = {}
+    for hf, name, transposed in names:
+        weights[name] = (theirs[hf].t() if transposed else theirs[hf]).contiguous()
+    weights['wpe.weight'] = weights['wpe.weight'][:model_args['block_size']]
+    weights['lm_head.weight'] = weights['wte.weight']
     C, V, T = model_args['n_embd'], model_args['vocab_size'], model_args['block_size']
     for k, v in weights.items():
         want = shape_of(k, C, V, T)
