@@ -248,7 +248,7 @@ def main(gpt_args, k, configured):
         else:
             # random weights of the configured model, at its dataset's vocabulary size
             model_args = gpt.knob_model_args(k, gpt.load_data(k.dataset).tok.vocab_size)
-    model = gpt.GPT(**model_args).to(dev).eval()
+    model = gpt.GPT(gpt.GPTConfig(**model_args)).to(dev).eval()
     if train:
         model.load_state_dict(ckpt['model'])
     sampling, int8 = bench_sampling(model, dev, k.int8_road)

@@ -32,7 +32,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 
 import numpy as np
@@ -178,6 +178,33 @@ def get_batch(split, ix, block_size, device):
 
 
 # ------------------------------------------------------------------- the model
+@dataclass
+class GPTConfig:
+    """The architecture, every size and part in one place (nanoGPT's name): GPT(config) and its
+    parts take it, a checkpoint keeps it as model_args (a dict), and gpt2.py gives GPT-2's. The
+    defaults are nanoGPT's GPT-2; each other field is the knob of its name above."""
+    vocab_size: int
+    block_size: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: float = 0.0
+    rope: bool = False
+    rmsnorm: bool = False
+    qk_norm: bool = False
+    relu2: bool = False
+    tie_weights: bool = True
+    bias: bool = False
+    relu: bool = False
+    ffn: bool = True
+    residual: bool = True
+    norm: bool = True
+    pos: bool = True
+    weight_init: str = 'nanogpt'
+    causal: bool = True
+    gelu_tanh: bool = False
+
+
 class MultiHeadAttention(nn.Module):
     """n_head heads of masked self-attention, computed as one matmul (nanoGPT's
     CausalSelfAttention).
@@ -188,17 +215,17 @@ class MultiHeadAttention(nn.Module):
     slices apart into a head dimension; the transpose back and view(B, T, C) is the lecture's
     torch.cat of the heads' outputs, which c_proj (the lecture's proj) then mixes."""
 
-    def __init__(self, n_embd, n_head, dropout, qk_norm=False, bias=False, causal=True):
+    def __init__(self, config):
         super().__init__()
-        self.n_head = n_head
-        self.causal = causal
+        self.n_head = config.n_head
+        self.causal = config.causal
         # query, key and value for all heads at once
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
-        self.dropout = dropout
-        self.resid_dropout = nn.Dropout(dropout)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
         # normalize each query and key: keeps attention logits in range at high lr
-        self.qk_norm = qk_norm
+        self.qk_norm = config.qk_norm
         self.use_sdpa = True  # False runs attention(), the lecture's explicit masked softmax
 
     def attention(self, q, k, v):
@@ -273,12 +300,12 @@ def rotate(x, cos, sin):
 class FeedForward(nn.Module):
     """Per position: Linear to 4x wider, a non-linearity, Linear back (nanoGPT's MLP)."""
 
-    def __init__(self, n_embd, dropout, relu2=False, relu=False, bias=False, gelu_tanh=False):
+    def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
-        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
-        self.relu2, self.relu, self.gelu_tanh = relu2, relu, gelu_tanh
-        self.dropout = nn.Dropout(dropout)
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.relu2, self.relu, self.gelu_tanh = config.relu2, config.relu, config.gelu_tanh
+        self.dropout = nn.Dropout(config.dropout)
 
     def act(self, h):
         """The non-linearity: GELU (nanoGPT's), ReLU (the lecture's) or ReLU squared."""
@@ -300,15 +327,14 @@ class Block(nn.Module):
     lecture's earlier steps leave out the feed-forward network, the residual connections or the
     norms."""
 
-    def __init__(self, n_embd, n_head, dropout, rmsnorm=False, qk_norm=False, relu2=False, relu=False,
-                 bias=False, ffn=True, residual=True, norm=True, causal=True, gelu_tanh=False):
+    def __init__(self, config):
         super().__init__()
-        self.ln_1 = make_norm(n_embd, rmsnorm, norm)
-        self.attn = MultiHeadAttention(n_embd, n_head, dropout, qk_norm, bias, causal)
-        if ffn:
-            self.ln_2 = make_norm(n_embd, rmsnorm, norm)
-            self.mlp = FeedForward(n_embd, dropout, relu2, relu, bias, gelu_tanh)
-        self.ffn, self.residual = ffn, residual
+        self.ln_1 = make_norm(config)
+        self.attn = MultiHeadAttention(config)
+        if config.ffn:
+            self.ln_2 = make_norm(config)
+            self.mlp = FeedForward(config)
+        self.ffn, self.residual = config.ffn, config.residual
 
     def forward(self, x, rope=None, cache=None, layer=0):
         y = self.attn(self.ln_1(x), rope, cache, layer)  # (B, T, C)
@@ -319,53 +345,50 @@ class Block(nn.Module):
         return x
 
 
-def make_norm(n_embd, rmsnorm, norm=True):
+def make_norm(config):
     """LayerNorm (the lecture's and GPT-2's), RMSNorm (no mean, no bias), or nothing (norm off)."""
-    if not norm:
+    if not config.norm:
         return nn.Identity()
-    if rmsnorm:
-        return nn.RMSNorm(n_embd)
-    return nn.LayerNorm(n_embd)
+    if config.rmsnorm:
+        return nn.RMSNorm(config.n_embd)
+    return nn.LayerNorm(config.n_embd)
 
 
 class GPT(nn.Module):
     """Token and position embeddings, n_layer Blocks, a final norm and a head back to the
-    vocabulary's logits. Its arguments' defaults are nanoGPT's GPT-2; a modern switch swaps in a
-    newer part, a lecture's its own."""
+    vocabulary's logits, as config (a GPTConfig) says: its defaults are nanoGPT's GPT-2; a modern
+    switch swaps in a newer part, a lecture's its own."""
+    config_class = GPTConfig  # loading.py makes a checkpoint's model_args one, without importing gpt
 
-    def __init__(self, vocab_size, block_size, n_layer, n_head, n_embd, dropout=0.0, rope=False, rmsnorm=False,
-                 qk_norm=False, relu2=False, tie_weights=True, bias=False, relu=False, ffn=True, residual=True,
-                 norm=True, pos=True, weight_init='nanogpt', causal=True, gelu_tanh=False):
+    def __init__(self, config):
         super().__init__()
+        n_embd, block_size = config.n_embd, config.block_size
         self.block_size = block_size
-        self.rope = rope and pos
-        self.pos = pos
-        self.causal = causal
-        self.wte = nn.Embedding(vocab_size, n_embd)  # token embeddings
+        self.rope = config.rope and config.pos
+        self.pos = config.pos
+        self.causal = config.causal
+        self.wte = nn.Embedding(config.vocab_size, n_embd)  # token embeddings
         # positions as rotations of queries and keys (rotate()), not a table added to the input
         if self.rope:
-            hs = n_embd // n_head
+            hs = n_embd // config.n_head
             freqs = 10000.0 ** (-torch.arange(0, hs, 2) / hs)  # (hs/2,): slower for later pairs
             angles = torch.outer(torch.arange(block_size), freqs)  # (T, hs/2)
             self.register_buffer('rope_cos', angles.cos(), persistent=False)
             self.register_buffer('rope_sin', angles.sin(), persistent=False)
-        elif pos:
+        elif config.pos:
             self.wpe = nn.Embedding(block_size, n_embd)  # learned position embeddings
-        self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList()
-        for _ in range(n_layer):
-            self.blocks.append(Block(n_embd, n_head, dropout, rmsnorm, qk_norm, relu2, relu, bias, ffn, residual,
-                                     norm, causal, gelu_tanh))
-        self.ln_f = make_norm(n_embd, rmsnorm, norm)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = make_norm(config)
         # a tied head has none (GPT-2)
-        self.lm_head = nn.Linear(n_embd, vocab_size, bias=bias and not tie_weights)
-        if tie_weights:
+        self.lm_head = nn.Linear(n_embd, config.vocab_size, bias=config.bias and not config.tie_weights)
+        if config.tie_weights:
             self.lm_head.weight = self.wte.weight  # one matrix reads and writes tokens
         # a way to run, not part of the architecture: set after building
         self.gradient_checkpointing = False
         # the lecture keeps PyTorch's: N(0, 1) embeddings, Linears U(+-1/sqrt(fan_in))
-        if weight_init == 'nanogpt':
-            self.nanogpt_init(n_layer)
+        if config.weight_init == 'nanogpt':
+            self.nanogpt_init(config.n_layer)
 
     @contextmanager
     def explicit_attention(self):
@@ -607,11 +630,13 @@ class State:
 
 
 def knob_model_args(k, vocab_size):
-    """The GPT's arguments, as the knobs set them."""
-    return dict(vocab_size=vocab_size, block_size=k.block_size, n_layer=k.n_layer, n_head=k.n_head,
-                n_embd=k.n_embd, dropout=k.dropout, rope=k.rope, rmsnorm=k.rmsnorm, qk_norm=k.qk_norm, relu2=k.relu2,
-                tie_weights=k.tie_weights, bias=k.bias, relu=k.relu, ffn=k.ffn, residual=k.residual, norm=k.norm,
-                pos=k.pos, weight_init=k.weight_init, causal=k.causal, gelu_tanh=k.gelu_tanh)
+    """The GPT's architecture as the knobs set it: a GPTConfig's fields, as a dict (model_args)."""
+    config = GPTConfig(vocab_size=vocab_size, block_size=k.block_size, n_layer=k.n_layer, n_head=k.n_head,
+                       n_embd=k.n_embd, dropout=k.dropout, rope=k.rope, rmsnorm=k.rmsnorm, qk_norm=k.qk_norm,
+                       relu2=k.relu2, tie_weights=k.tie_weights, bias=k.bias, relu=k.relu, ffn=k.ffn,
+                       residual=k.residual, norm=k.norm, pos=k.pos, weight_init=k.weight_init, causal=k.causal,
+                       gelu_tanh=k.gelu_tanh)
+    return asdict(config)
 
 
 def build_model(run, data, k, configured=()):
@@ -635,7 +660,7 @@ def build_model(run, data, k, configured=()):
     for problem in model_problems(data, state.model_args['block_size'], k.prompt + state.template.get('sep', ''),
                                   k.stop, k.interactive):
         die(problem)
-    model = GPT(**state.model_args)
+    model = GPT(GPTConfig(**state.model_args))
     n_params = sum(p.numel() for p in model.parameters())
     run.log(f"model: {n_params / 1e6:.2f}M parameters, {state.model_args}")
     if weights is not None:

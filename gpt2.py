@@ -82,11 +82,10 @@ def architecture(cfg, block_size):
             f"of its n_head ({cfg['n_head']})")
     if block_size and block_size > cfg['n_positions']:
         die(f"block_size {block_size} is longer than GPT-2's {cfg['n_positions']} positions")
+    # gpt.GPTConfig's defaults are nanoGPT's GPT-2: GPT-2 differs only in its biases and its GELU
     return dict(vocab_size=cfg['vocab_size'], block_size=block_size or cfg['n_positions'],
-                n_layer=cfg['n_layer'], n_head=cfg['n_head'], n_embd=n_embd, dropout=0.0,
-                rope=False, rmsnorm=False, qk_norm=False, relu2=False, tie_weights=True, bias=True,
-                relu=False, ffn=True, residual=True, norm=True, pos=True, weight_init='nanogpt',
-                causal=True, gelu_tanh=activation == 'gelu_new')
+                n_layer=cfg['n_layer'], n_head=cfg['n_head'], n_embd=n_embd, bias=True,
+                gelu_tanh=activation == 'gelu_new')
 
 
 def shape_of(name, C, V, T):

@@ -6,6 +6,7 @@ with. Above checkpoint.py (the files) and the next steps; gpt.py and the tools i
 imports gpt: the model's class comes in as an argument.
 """
 import os
+from dataclasses import asdict
 
 from checkpoint import load_checkpoint
 from checks import die
@@ -39,7 +40,9 @@ def full_weights(path, ckpt, tok, dataset, model_class, merge=True):
         die(f"{path} is a LoRA checkpoint on the base {base}, which {problem}")
     theirs = read_model(base, '/', tok, dataset, ckpt['model_args']['block_size'])[0]
     weights = full_weights(base, theirs, tok, dataset, model_class)
-    return merged_weights(model_class(**ckpt['model_args']), weights, ckpt) if merge else weights
+    if not merge:
+        return weights
+    return merged_weights(model_class(model_class.config_class(**ckpt['model_args'])), weights, ckpt)
 
 
 def resume(state, k, configured, data, model_class, log=print):
@@ -62,7 +65,7 @@ def resume(state, k, configured, data, model_class, log=print):
     if k.max_iters and not k.eval_only and state.iter_num >= k.max_iters:
         log(f"note: {state.ckpt_path} is at step {state.iter_num}, at or past max_iters={k.max_iters}: "
             f"nothing to train (a higher --max_iters trains on); its best model is evaluated again")
-    keep_model_settings(state, ckpt, k, configured)
+    keep_model_settings(state, ckpt, k, configured, model_class)
     if state.lora:  # a QLoRA model samples on its own 4-bit base, never another
         lora_settings = {'lora_rank': state.lora['rank'], 'lora_alpha': state.lora['alpha']}
         if state.lora['quantize']:
@@ -85,13 +88,16 @@ def start_from(state, k, configured, data, model_class, root):
         state.base = base_record(path)
     if not k.max_iters or k.eval_only:
         state.roads = ckpt.get('roads')
-    keep_model_settings(state, ckpt, k, configured)
+    keep_model_settings(state, ckpt, k, configured, model_class)
     return full_weights(path, ckpt, data.tok, k.dataset, model_class)
 
 
-def keep_model_settings(state, ckpt, k, configured):
-    """A loaded model keeps its architecture (dropout is the run's) and its template."""
-    state.model_args = {**ckpt['model_args'], 'dropout': k.dropout}
+def keep_model_settings(state, ckpt, k, configured, model_class):
+    """A loaded model keeps its architecture (dropout is the run's) and its template. Its
+    model_args become its model's config's whole set of fields (model_class.config_class: the
+    fields an older checkpoint, or GPT-2's config, leaves out take their defaults)."""
+    config = model_class.config_class(**{**ckpt['model_args'], 'dropout': k.dropout})
+    state.model_args = asdict(config)
     state.template = state.template or ckpt.get('template', {})
     architecture = {}
     for name, value in state.model_args.items():

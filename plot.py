@@ -74,7 +74,7 @@ def attention_maps(path, text):
     tok = from_description(description_in(ckpt))
     if tok.unknown(text):
         die(f"the prompt has characters that are not in the model's vocabulary: {tok.unknown(text)}")
-    model = gpt.GPT(**ckpt['model_args']).eval()
+    model = gpt.GPT(gpt.GPTConfig(**ckpt['model_args'])).eval()
     model.load_state_dict(full_weights(path, ckpt, tok, None, gpt.GPT))
     ids = tok.encode(text)[-model.block_size:]  # what the model can see at once
     with torch.no_grad(), model.explicit_attention():  # the explicit path keeps its weights

@@ -234,7 +234,7 @@ def test_int8_auto_takes_the_faster_exact_road(trained, monkeypatch, faster, exp
 def test_bench_honours_int8_road(proj):
     import bench
     import gpt
-    model = gpt.GPT(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=32)
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=32))
     saved = (bench.gen_tokens, bench.gen_repeats)
     bench.gen_tokens, bench.gen_repeats = 3, 1
     try:

@@ -15,7 +15,7 @@ NEW_TEXT = "all: speak, speak. you are all resolved rather to die than to famish
 
 def base_model(seed=0, bias=False):
     torch.manual_seed(seed)
-    return gpt.GPT(65, 32, 2, 2, 32, 0.0, rope=True, rmsnorm=True, qk_norm=True, bias=bias)
+    return gpt.GPT(gpt.GPTConfig(65, 32, 2, 2, 32, 0.0, rope=True, rmsnorm=True, qk_norm=True, bias=bias))
 
 
 def test_lora_starts_as_the_base_and_trains_only_a_and_b():

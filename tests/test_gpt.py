@@ -14,7 +14,7 @@ V = 11
 
 def tiny(dropout=0.0, block_size=16, n_layer=2, n_head=2, n_embd=16, seed=0, **parts):
     torch.manual_seed(seed)
-    return gpt.GPT(V, block_size, n_layer, n_head, n_embd, dropout, **parts)
+    return gpt.GPT(gpt.GPTConfig(V, block_size, n_layer, n_head, n_embd, dropout, **parts))
 
 
 def set_sdpa(model, on):
@@ -62,7 +62,7 @@ def test_without_the_causal_mask_a_position_sees_the_future(sdpa):
 
 
 def test_initial_loss_is_about_ln_vocab():
-    model = gpt.GPT(65, 32, 4, 4, 64, 0.0)
+    model = gpt.GPT(gpt.GPTConfig(65, 32, 4, 4, 64, 0.0))
     idx = torch.randint(65, (16, 32))
     assert model(idx, idx.roll(1, dims=1))[1].item() == pytest.approx(math.log(65), abs=0.1)
 
@@ -215,7 +215,7 @@ TODAYS_KEYS = ['wte.weight', 'wpe.weight', 'blocks.0.ln_1.weight', 'blocks.0.ln_
 
 def test_default_parts_are_the_model_as_it_was():
     torch.manual_seed(0)
-    model = gpt.GPT(11, 8, 1, 2, 16)
+    model = gpt.GPT(gpt.GPTConfig(11, 8, 1, 2, 16))
     assert list(model.state_dict()) == TODAYS_KEYS  # old checkpoints load with strict keys
     # the logits of this seed before the lecture's switches existed (gpt.py of the previous commit)
     assert model(torch.arange(8)[None] % 11)[0].sum().item() == pytest.approx(-0.022893, abs=1e-6)
@@ -228,18 +228,18 @@ def test_default_parts_are_the_model_as_it_was():
     (dict(pos=False, rope=True), ['wpe.', 'rope_']),
 ])
 def test_a_part_left_out_has_no_weights(parts, gone):
-    model = gpt.GPT(V, 8, 2, 2, 16, **parts)
+    model = gpt.GPT(gpt.GPTConfig(V, 8, 2, 2, 16, **parts))
     names = [*model.state_dict(), *dict(model.named_buffers())]
     assert not [n for n in names if any(g in n for g in gone)]
     assert [n for n in names if 'attn.c_attn' in n]  # attention stays
 
 
 def test_bias_puts_a_bias_in_every_linear_and_the_head():
-    model = gpt.GPT(V, 8, 2, 2, 16, bias=True, tie_weights=False)
+    model = gpt.GPT(gpt.GPTConfig(V, 8, 2, 2, 16, bias=True, tie_weights=False))
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 9 and all(m.bias is not None for m in linears)  # 4 per block and the head
     assert all((m.bias == 0).all() for m in linears)  # nanoGPT's init zeroes them
-    assert all(m.bias is None for m in gpt.GPT(V, 8, 2, 2, 16).modules() if isinstance(m, torch.nn.Linear))
+    assert all(m.bias is None for m in gpt.GPT(gpt.GPTConfig(V, 8, 2, 2, 16)).modules() if isinstance(m, torch.nn.Linear))
 
 
 @pytest.mark.parametrize('parts', [dict(ffn=False, residual=False, norm=False, weight_init='pytorch'),
@@ -248,7 +248,7 @@ def test_bias_puts_a_bias_in_every_linear_and_the_head():
 @pytest.mark.parametrize('sdpa', [True, False])
 def test_causal_with_parts_left_out(parts, sdpa):
     torch.manual_seed(0)
-    model = gpt.GPT(V, 16, 2, 2, 16, **parts).eval()
+    model = gpt.GPT(gpt.GPTConfig(V, 16, 2, 2, 16, **parts)).eval()
     set_sdpa(model, sdpa)
     idx = torch.randint(V, (2, 16))
     base = model(idx, idx)[0]
@@ -263,14 +263,14 @@ def test_without_positions_attention_sees_a_bag_of_tokens():
     idx = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
     shuffled = torch.tensor([[3, 1, 7, 2, 6, 4, 5, 8]])  # the same tokens before the last one, in another order
     for pos, same in ((False, True), (True, False)):  # one layer: in a second, earlier positions saw their own order
-        model = gpt.GPT(V, 8, 1, 2, 16, pos=pos).eval()
+        model = gpt.GPT(gpt.GPTConfig(V, 8, 1, 2, 16, pos=pos)).eval()
         last = [model(x)[0][0, -1] for x in (idx, shuffled)]
         assert torch.allclose(last[0], last[1], atol=1e-5) == same
 
 
 def test_weight_init_pytorch_is_the_lectures():
     torch.manual_seed(0)
-    lecture, nanogpt = gpt.GPT(V, 8, 1, 2, 32, weight_init='pytorch'), gpt.GPT(V, 8, 1, 2, 32)
+    lecture, nanogpt = gpt.GPT(gpt.GPTConfig(V, 8, 1, 2, 32, weight_init='pytorch')), gpt.GPT(gpt.GPTConfig(V, 8, 1, 2, 32))
     assert lecture.wte.weight.std().item() == pytest.approx(1.0, rel=0.2)  # nn.Embedding's N(0, 1)
     assert nanogpt.wte.weight.std().item() == pytest.approx(0.02, rel=0.2)
     bound = 1 / math.sqrt(32)  # nn.Linear's kaiming-uniform: |w| <= 1/sqrt(fan_in)
@@ -278,7 +278,7 @@ def test_weight_init_pytorch_is_the_lectures():
     h = torch.randn(64)
     for kw, fn in (({'relu': True}, torch.relu), ({'relu2': True}, lambda t: torch.relu(t) ** 2),
                    ({'gelu_tanh': True}, lambda t: F.gelu(t, approximate='tanh')), ({}, F.gelu)):
-        assert torch.equal(gpt.FeedForward(4, 0.0, **kw).act(h), fn(h)), kw
+        assert torch.equal(gpt.FeedForward(gpt.GPTConfig(1, 1, 1, 1, 4, **kw)).act(h), fn(h)), kw
 
 
 def test_attention_weights_of_the_explicit_path():

@@ -39,7 +39,7 @@ def reference(tmp_path_factory):
 
 def ours(folder, **kw):
     ckpt, _ = load_gpt2(str(folder), None, None, **kw)
-    model = gpt.GPT(**ckpt['model_args'])
+    model = gpt.GPT(gpt.GPTConfig(**ckpt['model_args']))
     model.load_state_dict(ckpt['model'])
     return model.eval()
 

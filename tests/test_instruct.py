@@ -27,7 +27,7 @@ def test_loss_counts_only_response_targets():
     mask = np.tile(np.array([0] * 4 + [1] * 6, dtype=np.uint8), 6)  # pairs: 4 prompt tokens, 6 response tokens
     split = instruct.PairSplit(ids, mask)
     assert split.starts.tolist() == list(range(0, 60, 10))
-    model = gpt.GPT(11, 16, 1, 1, 16)
+    model = gpt.GPT(gpt.GPTConfig(11, 16, 1, 1, 16))
     ix = torch.tensor([0, 10, 20])
     x, y = gpt.get_batch(split, ix, 16, 'cpu')
     loss = model(x, y)[1]
@@ -46,7 +46,7 @@ def test_loss_counts_only_response_targets():
 
 def test_stop_cuts_generation_cached_and_uncached():
     torch.manual_seed(0)
-    model = gpt.GPT(11, 32, 2, 2, 16).eval()
+    model = gpt.GPT(gpt.GPTConfig(11, 32, 2, 2, 16)).eval()
     prompt = torch.randint(11, (1, 3))
     full = gpt.generate(model, prompt, 20, temperature=0)[0, 3:].tolist()
     target = full[5]  # stop at the first time this token comes out
@@ -157,14 +157,14 @@ def test_whole_split_scores_every_response_token_at_any_block_size():
     mask = np.tile(np.array([0] * 4 + [1] * 6, dtype=np.uint8), 6)  # pairs: 4 prompt tokens, 6 response tokens
     split = instruct.PairSplit(ids, mask)
     for block_size in (2, 3, 5, 9, 16):
-        model = gpt.GPT(11, block_size, 1, 1, 16)
+        model = gpt.GPT(gpt.GPTConfig(11, block_size, 1, 1, 16))
         assert gpt.full_val_loss(model, split, block_size, 'cpu')[2] == 36
 
 
 def test_exact_match_follows_kv_cache():
     ids = np.array([1, 2, 3, 4, 5, 6] * 4, dtype=np.uint16)
     mask = np.array([0, 0, 0, 1, 1, 1] * 4, dtype=np.uint8)
-    model, seen = gpt.GPT(11, 16, 1, 1, 16).eval(), []
+    model, seen = gpt.GPT(gpt.GPTConfig(11, 16, 1, 1, 16)).eval(), []
     watched = lambda *a, **k: seen.append(k['kv_cache']) or gpt.generate(*a, **k)  # exact_match's generate
 
     class Tok:

@@ -31,7 +31,7 @@ def model_of(ckpt_path):
     """The checkpoint's model (LoRA merged), in float32, with the explicit attention that keeps its weights."""
     ckpt = load_checkpoint(str(ckpt_path), 'gpt')
     tok = from_description(description_in(ckpt))
-    model = gpt.GPT(**ckpt['model_args']).eval()
+    model = gpt.GPT(gpt.GPTConfig(**ckpt['model_args'])).eval()
     model.load_state_dict(full_weights(str(ckpt_path), ckpt, tok, None, gpt.GPT))
     for block in model.blocks:
         block.attn.use_sdpa = False

@@ -20,7 +20,7 @@ NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.
 
 def model(seed=0, dropout=0.0, bias=False):
     torch.manual_seed(seed)
-    return gpt.GPT(65, 32, 2, 2, 64, dropout, rope=True, rmsnorm=True, qk_norm=True, bias=bias)
+    return gpt.GPT(gpt.GPTConfig(65, 32, 2, 2, 64, dropout, rope=True, rmsnorm=True, qk_norm=True, bias=bias))
 
 
 def test_nf4_code_matches_its_definition():

@@ -141,7 +141,7 @@ def test_without_the_causal_mask_sampling_never_uses_the_cache():
     """A model that looks ahead can't be cached: a cached position never saw the later tokens. Sampling with
     kv_cache=True gives what the uncached model gives."""
     torch.manual_seed(0)
-    model = gpt.GPT(65, 32, 2, 2, 32, causal=False).eval()
+    model = gpt.GPT(gpt.GPTConfig(65, 32, 2, 2, 32, causal=False)).eval()
     for p in model.parameters():
         p.data.normal_(0, 0.5)
     prompt = torch.randint(65, (8, 4))

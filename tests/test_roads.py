@@ -72,7 +72,7 @@ def test_a_damaged_cache_is_timed_again_and_an_unwritable_one_is_said(cache, mon
 def test_precision_times_this_model_and_leaves_its_gradients_and_rng_alone(cache):
     import gpt
     torch.manual_seed(0)
-    model = gpt.GPT(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.1)
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.1))
     x = torch.randint(50, (4, 16))
     before = torch.get_rng_state()
     assert roads.precision('cpu', model, {'n_layer': 1}, (x, x), trains=False) == \
