@@ -242,15 +242,15 @@ def main(gpt_args, k, configured):
         return profile_training(k, configured)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        source = 'scratch'  # random weights of the configured model
         if train:
             rows, ckpt, step_s = bench_training(gpt_args, tmp)
-            model_args = ckpt['model_args']
-        else:
-            # random weights of the configured model, at its dataset's vocabulary size
-            model_args = gpt.knob_model_args(k, gpt.load_data(k.dataset).tok.vocab_size)
-    model = gpt.GPT(gpt.GPTConfig(**model_args)).to(dev).eval()
-    if train:
-        model.load_state_dict(ckpt['model'])
+            source = os.path.join(tmp, 'ckpt.pt')  # the budget's model
+        # gpt.py's one way for a tool: the model as a run that only samples has it, in float32
+        settings = SimpleNamespace(**{**vars(k), 'init_from': source, 'max_iters': 0, 'quantize': ''})
+        run = machine.start_processes(k.device)
+        model, state = gpt.load_model(run, gpt.load_data(k.dataset), settings, configured)
+    model_args = state.model_args
     sampling, int8 = bench_sampling(model, dev, k.int8_road)
     rows += sampling
     print(f"\nbench: {model_args}, device {dev}, torch {torch.__version__}")

@@ -22,9 +22,9 @@ The lecture's names, and this file's (nanoGPT's) for the same things:
     position_embedding_table       GPT.wpe
     ln_f, lm_head                  the same
 
-Beside it: machine.py (device, CPU, torchrun, signals), roads.py (precisions timed here), checks.py,
-checkpoint.py (files written whole, loading, resume), stream.py, tokenizer.py; and the next steps,
-imported only where a knob asks: muon.py, quant.py, lora.py, instruct.py, gpt2.py.
+Beside it (docs/design.md maps them): machine.py, roads.py (precisions timed here), checks.py,
+checkpoint.py (a run's files), loading.py (a model from a file), logbook.py, stream.py, tokenizer.py;
+and the next steps, imported only where a knob asks: muon.py, quant.py, lora.py, instruct.py, gpt2.py.
 """
 import math
 import os
@@ -41,12 +41,13 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint as recompute
 
-from checkpoint import claimed, log_row, load_checkpoint, save_checkpoint, trim_log
+from checkpoint import claimed, load_checkpoint, save_checkpoint
 from checks import die, model_problems, problems, writes_out_dir
 from configurator import configure, knobs
 from loading import restore_randomness, resume, start_from
-from machine import caught_signals, compile_and_wrap, finish_processes, flops_per_token, gather
-from machine import largest, peak_flops, start_processes
+from logbook import begin_log, log_progress, write_csv
+from machine import caught_signals, compile_and_wrap, finish_processes, gather, largest
+from machine import start_processes
 from prepare import load_prepared
 import roads
 from stream import Printer, prompts
@@ -87,7 +88,7 @@ weight_init = 'nanogpt'  # 'nanogpt': N(0, 0.02), projections smaller by depth; 
 # training
 optimizer = 'muon'  # 'muon': Muon for the blocks' matrices, AdamW for the rest; or 'adamw' for all
 muon_lr = 0.02  # Muon's peak rate (scaled by the same schedule)
-newton_schulz = 'auto'  # Muon's precision: 'float32', 'bfloat16', or 'auto' (timed on a CPU: roads.py)
+newton_schulz = 'auto'  # Muon's precision: 'float32', 'bfloat16' or 'auto' (timed on a CPU, roads.py)
 schedule = 'wsd'  # 'wsd': warmup, stable, then a linear decay; or 'cosine' decay after warmup
 batch_size = 8  # sequences per micro-step, per process
 gradient_accumulation_steps = 3  # micro-steps per optimizer step: a bigger batch, not more memory
@@ -108,7 +109,7 @@ log_interval = 50  # a progress line every this many steps
 # memory and fine-tuning
 gradient_checkpointing = False  # recompute blocks' activations in backward: less memory, more time
 quantize = ''  # '', 'int8' or 'nf4': the blocks' Linears to evaluate and sample (a LoRA base's)
-int8_road = 'auto'  # int8's matmul: 'float', 'kernel', or 'auto': the kernel where its sums are exact
+int8_road = 'auto'  # int8's matmul: 'float', 'kernel', or 'auto': the faster of the exact ones, timed
 lora_rank = 0  # > 0 (with init_from=PATH): train only a low-rank update B @ A of the blocks' Linears
 lora_alpha = 16.0  # the low-rank update is scaled by lora_alpha / lora_rank
 # sampling, after training
@@ -147,7 +148,7 @@ class Split:
 
 
 def load_data(dataset):
-    """The train and val splits, the tokenizer, and meta.json (prepare.py wrote them, and reads them back)."""
+    """The train and val splits, the tokenizer and meta.json, as prepare.py wrote (and reads) them."""
     meta, tok, ids, masks = load_prepared(ROOT, dataset)
     splits = {}
     for name in ('train', 'val'):
@@ -180,9 +181,8 @@ def get_batch(split, ix, block_size, device):
 # ------------------------------------------------------------------- the model
 @dataclass
 class GPTConfig:
-    """The architecture, every size and part in one place (nanoGPT's name): GPT(config) and its
-    parts take it, a checkpoint keeps it as model_args (a dict), and gpt2.py gives GPT-2's. The
-    defaults are nanoGPT's GPT-2; each other field is the knob of its name above."""
+    """The architecture in one place (nanoGPT's name): GPT(config) and its parts take it, a checkpoint
+    keeps it as model_args, gpt2.py gives GPT-2's. Defaults: nanoGPT's GPT-2; fields: the knobs."""
     vocab_size: int
     block_size: int
     n_layer: int
@@ -358,7 +358,7 @@ class GPT(nn.Module):
     """Token and position embeddings, n_layer Blocks, a final norm and a head back to the
     vocabulary's logits, as config (a GPTConfig) says: its defaults are nanoGPT's GPT-2; a modern
     switch swaps in a newer part, a lecture's its own."""
-    config_class = GPTConfig  # loading.py makes a checkpoint's model_args one, without importing gpt
+    config_class = GPTConfig  # so loading.py makes a checkpoint's model_args one, never importing gpt
 
     def __init__(self, config):
         super().__init__()
@@ -423,8 +423,7 @@ class GPT(nn.Module):
         x = self.wte(idx)  # (B, T, C)
         rope = None
         if self.rope:
-            # (T, hs/2) each
-            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])  # (T, hs/2) each
         elif self.pos:
             # (B, T, C) + (T, C)
             x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
@@ -449,7 +448,7 @@ class GPT(nn.Module):
 
 # -------------------------------------------------------------------- sampling
 class KVCache:
-    """Keys and values of the positions seen so far, every layer's: (n_layer, B, nh, block_size, hs)."""
+    """Every layer's keys and values of the positions so far: (n_layer, B, nh, block_size, hs)."""
 
     def __init__(self, n_layer, batch, n_head, block_size, head_size, device, dtype):
         self.k = torch.zeros(n_layer, batch, n_head, block_size, head_size, device=device, dtype=dtype)
@@ -486,10 +485,9 @@ def sample_next(logits, temperature, top_k=0, top_p=1.0, generator=None):
 @torch.inference_mode()  # no_grad, lighter: no version counters; its tensors never enter autograd
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, kv_cache=True, generator=None,
              stop=None, stream=None):
-    """Append up to max_new_tokens sampled tokens to idx (B, T) and return it; it prints nothing.
-    stream(new) is called after each token with every row's sampled ids so far (a list of lists),
-    to show them; generation stops early once stop(ids) is true for each row's. The context is
-    cropped to block_size.
+    """Append up to max_new_tokens sampled tokens to idx (B, T) and return it, printing nothing:
+    stream(new), if given, gets each row's sampled ids after every token (to show them), and it
+    stops once stop(ids) is true for every row's. The context is cropped to block_size.
 
     With the cache, each step feeds only the newest token. Positions end at block_size, so a full
     cache is rebuilt from the last half block (one forward over it, at positions 0..): every
@@ -548,7 +546,7 @@ def sample(run, model, data, state, k):
             printer.show([out[0, len(ids):].tolist()], final=True)
             print('\n---------------', flush=True)
             n, dt = out.size(1) - len(ids), time.time() - t0
-            print(f"({n} tokens in {dt:.2f} s: {n / dt:.1f} tokens/s)", file=sys.stderr)  # stdout: the text alone
+            print(f"({n} tokens in {dt:.2f} s: {n / dt:.1f} tokens/s)", file=sys.stderr)  # stdout: text alone
 
 
 # ----------------------------------------------------------------- checkpoints
@@ -580,20 +578,19 @@ def save(run, model, optimizers, state, path=None):
 
 
 def best_model(model, data, state, k):
-    """After training, the whole-split line and the samples are of the step with the lowest val loss."""
+    """After training, the whole-split line and the samples are of the step of the lowest val loss."""
     if not math.isfinite(state.best_val_loss):  # stopped before its first eval: no best.pt
         return
-    line = f"the model below: step {state.best_iter}, whose val loss {state.best_val_loss:.4f} was the lowest"
-    line += " (best.pt)"  # and where the latest step is, if it is another
+    line = f"the model below: step {state.best_iter}, whose val loss {state.best_val_loss:.4f} was the lowest (best.pt)"
     if state.best_iter != state.iter_num:
         best = load_checkpoint(os.path.join(ROOT, k.out_dir, 'best.pt'), 'gpt', data.tok, k.dataset)
         model.load_state_dict(best['model'], strict=not state.lora)
-        line += f"; {state.ckpt_path} keeps step {state.iter_num} to resume"
+        line += f"; {state.ckpt_path} keeps step {state.iter_num} to resume"  # the latest, if another
     print(line)
 
 
 def export_checkpoint(run, model, state, k):
-    """--export: init_from's model (LoRA merged) as an ordinary checkpoint. Every process calls it."""
+    """--export: init_from's model (LoRA merged) as a plain checkpoint. Every process calls it."""
     if state.lora:
         from lora import merge_lora
         merge_lora(model)
@@ -618,7 +615,7 @@ class State:
     best_iter: int = 0  # the step of that estimate: the step best.pt holds
     lr: float = 0.0  # this step's learning rate
     tokens_per_iter: int = 0  # tokens in one optimizer step, over all processes
-    eval_s: float = 0.0  # how long the last eval took: the progress line's eta counts the evals left
+    eval_s: float = 0.0  # the last eval's seconds: the progress line's eta counts the evals left
     norms: list = field(default_factory=list)  # the gradient norms of this log interval's steps
     update_ratio: float = 0.0  # the last logged step's update, over the weights' size
     flops_per_iter: float = 0.0  # the training FLOPs of a step, for the MFU estimate
@@ -657,7 +654,8 @@ def build_model(run, data, k, configured=()):
     elif k.init_from != 'scratch':  # checkpoint.py: another model's weights, from step 0
         weights = start_from(state, k, configured, data, GPT, ROOT)
     # checks.py: a block_size (the knob's, a checkpoint's) too long for the data, or a prompt too long
-    for problem in model_problems(data, state.model_args['block_size'], k.prompt + state.template.get('sep', ''),
+    text = k.prompt + state.template.get('sep', '')
+    for problem in model_problems(data, state.model_args['block_size'], text,
                                   k.stop, k.interactive):
         die(problem)
     model = GPT(GPTConfig(**state.model_args))
@@ -676,8 +674,8 @@ def build_model(run, data, k, configured=()):
 
 def choose_roads(run, model, data, state, trains, k):
     """The precisions of the forward passes and of Muon's Newton-Schulz (roads.py): as the knobs
-    ask, as a resumed run chose, or timed here on a batch (one sequence where the run only samples)."""
-    ix = data.train.random_starts((k.batch_size if trains else 1,), model.block_size, torch.Generator())
+    ask, as the checkpoint has them, or timed here on a batch."""
+    ix = data.train.random_starts((k.batch_size,), model.block_size, torch.Generator())
     batch = get_batch(data.train, ix, model.block_size, run.dev)
     asked = {'dtype': k.dtype, 'newton_schulz': k.newton_schulz}
     muon = k.optimizer == 'muon' and trains and not state.lora
@@ -733,7 +731,8 @@ def train(run, raw_model, optimizers, data, state, k):
         return get_batch(data.train, ix, raw_model.block_size, run.dev)
 
     model, train_model = compile_and_wrap(run, raw_model, k.compile, one_batch)  # machine.py
-    begin_log(run, raw_model, state, k)
+    state.lr = get_lr(state.iter_num, 0, k.learning_rate, k.min_lr, k.warmup_iters)
+    begin_log(run, raw_model, state, k)  # logbook.py: what a step is, and log.csv's header
     start_iter, start_time = state.iter_num, state.train_time
     t_start = time.time() - start_time  # a resumed run's clock goes on from the time it had trained
     t0 = time.time()
@@ -770,24 +769,6 @@ def train(run, raw_model, optimizers, data, state, k):
         run.log(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB")
 
 
-def begin_log(run, model, state, k):
-    """What a step is (tokens; FLOPs for MFU), and log.csv's header: an unwritable out_dir stops here."""
-    T = model.block_size
-    state.tokens_per_iter = k.batch_size * T * k.gradient_accumulation_steps * run.world_size
-    run.log(f"tokens per optimizer step: {state.tokens_per_iter:,} = batch_size {k.batch_size} x "
-            f"block_size {T} x gradient_accumulation_steps {k.gradient_accumulation_steps} x processes "
-            f"{run.world_size}")
-    n_params = sum(p.numel() for p in model.parameters())
-    per_token = flops_per_token(n_params, len(model.blocks), model.wte.embedding_dim, T)
-    state.flops_per_iter = per_token * state.tokens_per_iter
-    state.lr = get_lr(state.iter_num, 0, k.learning_rate, k.min_lr, k.warmup_iters)
-    log = os.path.join(ROOT, k.out_dir, 'log.csv')
-    if k.init_from != 'resume' or not os.path.exists(log):
-        write_csv(run, state, 'header')
-    elif run.master:  # as the checkpoint left it: rows a crash wrote after it go
-        trim_log(log, state.iter_num)
-
-
 def evaluate_and_save(run, model, raw_model, optimizers, data, state, k):
     """The `step N:` line (on instruction pairs, of response tokens only), its row in log.csv, a
     checkpoint, and best.pt when the val loss is the lowest so far."""
@@ -799,8 +780,7 @@ def evaluate_and_save(run, model, raw_model, optimizers, data, state, k):
         die(f"the loss is not finite at step {state.iter_num}; not saved, {state.last_save}")
     val_bpb = losses['val'] / math.log(2) / data.bytes_per_token
     write_csv(run, state, 'eval', train_loss=losses['train'], val_loss=losses['val'], val_bpb=val_bpb)
-    # as nanoGPT keeps its best model, but beside the latest; the model a fine-tune starts from is a
-    # candidate
+    # as nanoGPT keeps its best model, but beside the latest; a fine-tune's first model is a candidate
     if largest(run, losses['val'])[0] < state.best_val_loss:
         state.best_val_loss, state.best_iter = losses['val'], state.iter_num
         save(run, raw_model, [], state, os.path.join(ROOT, k.out_dir, 'best.pt'))
@@ -826,7 +806,7 @@ def estimate_loss(model, splits, batch_size, block_size, eval_iters, device, ctx
 
 
 def stop_on_signal(run, model, optimizers, state, signum, saved):
-    """After Ctrl-C or SIGTERM: save the step just finished, say how to resume, exit 128 + signum."""
+    """After Ctrl-C or SIGTERM: save the step just done, say how to resume, exit 128 + signum."""
     what = 'nothing new to save'
     if saved:
         save(run, model, optimizers, state)
@@ -852,7 +832,7 @@ def get_lr(it, progress, learning_rate, min_lr, warmup_iters, schedule='cosine')
 
 
 def set_lr(optimizers, state, k):
-    """This step's rate from the schedule, in every group of every optimizer (Muon's at its scale)."""
+    """This step's rate from the schedule, in each group of each optimizer (Muon's at its scale)."""
     decay_iters = k.lr_decay_iters or k.max_iters
     # how far the decay has gone: by steps after warmup, or by time used, whichever is further
     progress = (state.iter_num - k.warmup_iters) / max(decay_iters - k.warmup_iters, 1)
@@ -888,7 +868,7 @@ def train_step(run, model, raw_model, optimizers, data, state, k):
     trained = [p for p in raw_model.parameters() if p.requires_grad]
     # the norm before clipping, for log.csv; grad_clip=0 measures it and clips nothing
     state.norms.append(torch.nn.utils.clip_grad_norm_(trained, k.grad_clip or math.inf).item())
-    logged = (state.iter_num + 1) % k.log_interval == 0  # this step's update is measured (update_ratio)
+    logged = (state.iter_num + 1) % k.log_interval == 0  # its update is measured (update_ratio)
     before = [p.detach().clone() for p in trained] if logged else []
     for opt in optimizers:
         run.scaler.step(opt)
@@ -898,37 +878,6 @@ def train_step(run, model, raw_model, optimizers, data, state, k):
         change = sum((p.detach() - b).float().pow(2).sum() for p, b in zip(trained, before))
         state.update_ratio = (change / sum(b.float().pow(2).sum() for b in before)).sqrt().item()
     return loss.item()
-
-
-def log_progress(run, state, loss, dt, k):
-    """The progress line and its row in log.csv; dt: a step's time, over the last log_interval."""
-    # what is left: the steps, and the evals still due, each as long as the last one
-    evals_left = k.max_iters // k.eval_interval - state.iter_num // k.eval_interval
-    if k.max_iters % k.eval_interval:
-        evals_left += 1  # the last step evaluates too
-    eta = (k.max_iters - state.iter_num) * dt + evals_left * state.eval_s
-    if k.max_time > 0:
-        eta = min(eta, k.max_time - state.train_time)
-    mfu = ''
-    peak = peak_flops(run.dev_type)  # machine.py knows a few GPUs' peak
-    if peak:
-        mfu = f", mfu {100 * state.flops_per_iter / dt / peak:.1f}%"
-    print(f"iter {state.iter_num}: loss {loss:.4f}, lr {state.lr:.2e}, {dt * 1000:.1f} ms/iter, "
-          f"{state.tokens_per_iter / dt:,.0f} tok/s{mfu}, eta {eta:.0f}s")
-    norms = torch.tensor(state.norms)  # the interval's gradient norms before clipping: its health
-    clipped = (norms > k.grad_clip).float().mean().item() if k.grad_clip > 0 else 0.0  # the share clipped
-    write_csv(run, state, 'train', train_loss=loss, step_ms=dt * 1000, grad_norm=norms.mean().item(),
-              clipped=clipped, update_ratio=state.update_ratio)
-    state.norms = []
-
-
-def write_csv(run, state, kind, **values):
-    """Process 0 adds a row to <out_dir>/log.csv (checkpoint.LOG_COLUMNS): 'train' (progress),
-    'eval' (the step lines), 'final' (whole split), or the 'header' of a new file."""
-    row = dict(kind=kind, iter=state.iter_num, tokens=state.iter_num * state.tokens_per_iter,
-               time_s=state.train_time, lr=state.lr, **values)
-    if run.master:
-        log_row(os.path.join(os.path.dirname(state.ckpt_path), 'log.csv'), row, new=kind == 'header')
 
 
 def inference_model(model, state, k):
@@ -951,7 +900,7 @@ def inference_model(model, state, k):
 
 def load_model(run, data, k, configured=()):
     """The model of k.init_from as a run that only samples has it (LoRA merged, quantized as k
-    asks, in eval mode), and its state: the one way a tool (look.py, plot.py, bench.py) loads one."""
+    asks, in eval mode), and its state: the one way a tool (look.py, bench.py) loads one."""
     model, state = build_model(run, data, k, configured)
     return inference_model(model, state, k), state
 
@@ -992,10 +941,9 @@ def full_val_loss(model, split, block_size, device, batch_size=64, ctx=nullconte
 
 
 def evaluate(run, model, data, state, k):
-    """The final whole-split evaluation: val loss, bits per byte, exact match on instruction pairs."""
+    """The final whole-split evaluation: val loss, bits per byte, exact match on instruction pairs"""
     token_bytes = torch.tensor(data.tok.token_bytes)
-    T = model.block_size
-    loss, bpb, count = full_val_loss(model, data.val, T, run.dev, k.batch_size, run.ctx, token_bytes)
+    loss, bpb, count = full_val_loss(model, data.val, model.block_size, run.dev, k.batch_size, run.ctx, token_bytes)
     what = 'predictions'
     if data.val.mask is not None:
         what = 'response tokens'
@@ -1013,17 +961,15 @@ def main():
     data = load_data(k.dataset)  # token ids, loss masks, the tokenizer
     for problem in problems(k, ROOT, CONFIGURED):  # checks.py: settings that can't work
         die(problem)
-    # a run that writes out_dir holds it from the start: process 0 takes its lock
-    first_process = int(os.environ.get('RANK', 0)) == 0
-    writes = writes_out_dir(k) and first_process
+    # a run that writes out_dir holds it from the start: process 0 (of torchrun's) takes its lock
+    writes = writes_out_dir(k) and int(os.environ.get('RANK', 0)) == 0
     with claimed(os.path.join(ROOT, k.out_dir) if writes else None):
-        # machine.py: one process or torchrun's; device and precision
-        run = start_processes(k.device)
-        model, state = build_model(run, data, k, CONFIGURED)  # scratch, resume, or a checkpoint to fine-tune
+        run = start_processes(k.device)  # machine.py: one process or torchrun's, and the device
+        model, state = build_model(run, data, k, CONFIGURED)  # scratch, resume, or one to fine-tune
         # max_iters=0 (or eval_only) with a loaded model: no training, only what follows
         trains = k.max_iters > 0 and not k.eval_only
         choose_roads(run, model, data, state, trains, k)  # the precisions: as asked, or timed here
-        if trains and state.lora and state.ckpt is None and run.master:  # lora.py: its base kept safe
+        if trains and state.lora and state.ckpt is None and run.master:  # a new LoRA run's base kept
             from lora import keep_base
             keep_base(state.base, os.path.join(ROOT, k.out_dir))
         if trains:

@@ -152,10 +152,11 @@ def test_eta_counts_the_steps_and_the_evals_left(monkeypatch, capsys, max_iters,
     import gpt
     from configurator import knobs
     k = types.SimpleNamespace(**{**knobs(vars(gpt)), 'max_iters': max_iters, 'eval_interval': 25, 'max_time': 0.0})
-    monkeypatch.setattr(gpt, 'write_csv', lambda *args, **kwargs: None)  # nothing written
+    import logbook
+    monkeypatch.setattr(logbook, 'write_csv', lambda *args, **kwargs: None)  # nothing written
     state = gpt.State({}, {}, {}, {}, 'ckpt.pt', torch.Generator(), iter_num=50, tokens_per_iter=100,
                       eval_s=2.0)
-    gpt.log_progress(types.SimpleNamespace(dev_type='cpu'), state, 1.0, 0.1, k)
+    logbook.log_progress(types.SimpleNamespace(dev_type='cpu'), state, 1.0, 0.1, k)
     assert capsys.readouterr().out.rstrip().endswith(f'eta {expected}s')
 
 
