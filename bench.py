@@ -10,8 +10,9 @@ Prints a table.
     python bench.py --profile=true                    # where a training step's time goes, by part
 
 Training runs the real gpt.py in a subprocess with --max_time=budget; generation times
-GPT.generate in this process; the profile runs gpt.train_step itself under torch.profiler, with forward
-hooks on the modules and PyTorch's own ranges for the rest. A benchmark measures; it is never a test.
+gpt.generate in this process; the profile runs gpt.train_step itself under torch.profiler, with
+forward hooks on the modules and PyTorch's own ranges for the rest. A benchmark measures; it is never
+a test.
 """
 import copy
 import math
@@ -116,7 +117,8 @@ def bench_sampling(model, dev, int8_road='auto'):
         quant.quantize_model(models[kind], kind)
     prompt = torch.zeros((1, 1), dtype=torch.long, device=dev)
     # its road here: --int8_road's, or on 'auto' the faster of the exact roads (roads.py)
-    int8 = roads.int8(models['int8'], int8_road, lambda: gpt.generate(models['int8'], prompt, 16, temperature=0))
+    short = lambda: gpt.generate(models['int8'], prompt, 16, temperature=0)  # what int8's roads are timed on
+    int8 = roads.int8(models['int8'], int8_road, short)
     settings = [('fp32', True), ('fp32', False), ('int8', True), ('nf4', True)]
     times = {s: [] for s in settings}
     for _ in range(gen_repeats):
@@ -258,7 +260,8 @@ def main(gpt_args, k, configured):
     for name, value in rows:
         print(f"| {name} | {value} |")
     if train:
-        print(f"\nthe roads a training run timed are kept in {roads.CACHE}: MINIGPT_MEASURE_AGAIN=1 times them again")
+        print(f"\nthe roads a training run timed are kept in {roads.CACHE}: "
+              f"MINIGPT_MEASURE_AGAIN=1 times them again")
         print(how_long_here(dev, step_s, ckpt['roads'], int8, k))
 
 

@@ -30,7 +30,8 @@ def value_problems(k, root):
                'newton_schulz': ('auto', 'float32', 'bfloat16'),
                'int8_road': ('auto', 'float', 'kernel')}
     named = k.init_from in ('scratch', 'resume')
-    sizes = (k.n_layer, k.n_head, k.n_embd, k.block_size, k.batch_size, k.gradient_accumulation_steps,
+    sizes = (k.n_layer, k.n_head, k.n_embd, k.block_size, k.batch_size,
+             k.gradient_accumulation_steps,
              k.eval_interval, k.eval_iters, k.log_interval, k.num_samples)
     amounts = (k.max_iters, k.max_time, k.max_new_tokens, k.warmup_iters, k.lr_decay_iters, k.grad_clip,
                k.weight_decay)
@@ -75,8 +76,7 @@ def combination_problems(k, root, configured=()):
     shaping = [name for name in ('min_lr', 'lr_decay_iters', 'schedule') if name in configured]
     checks = [
         (k.decay_lr or not shaping,
-         f"{', '.join(shaping)} shape{'s' * (len(shaping) == 1)} the decay, and decay_lr=False has no decay: "
-         f"leave one of them out"),
+         f"decay_lr=False has no decay for {', '.join(shaping)} to shape: leave one of them out"),
         (not (k.weight_init == 'pytorch' and k.tie_weights and k.init_from == 'scratch'),
          "weight_init='pytorch' with a tied head starts at a loss near 31 (the embedding's N(0, 1) "
          "init feeds the head): add --tie_weights=false, as the lecture's parts do"),
@@ -91,8 +91,8 @@ def combination_problems(k, root, configured=()):
         (k.int8_road == 'auto' or k.quantize == 'int8',
          f"int8_road chooses int8's matmul, and this run has quantize={k.quantize!r}: add --quantize=int8"),
         (k.newton_schulz == 'auto' or (k.optimizer == 'muon' and not k.lora_rank and trains),
-         f"newton_schulz is Muon's precision, and this run trains no Muon (optimizer={k.optimizer!r}, "
-         f"lora_rank={k.lora_rank}: LoRA trains with AdamW, max_iters={k.max_iters}, eval_only={k.eval_only})"),
+         f"newton_schulz is Muon's precision, and this run trains no Muon (optimizer={k.optimizer!r}; "
+         f"lora_rank={k.lora_rank}: LoRA trains with AdamW; max_iters={k.max_iters})"),
         (not (k.interactive and k.eval_only),
          "interactive answers prompts, and eval_only samples nothing: choose one"),
         (not k.export or (not named and k.max_iters == 0 and not k.eval_only),

@@ -14,7 +14,7 @@ from machine import flops_per_token, peak_flops
 
 
 def begin_log(run, model, state, k):
-    """What a step is (tokens; FLOPs for MFU), and log.csv's header: an unwritable out_dir stops here."""
+    """What a step is (tokens; FLOPs for MFU), and log.csv's header: an unwritable out_dir stops."""
     T = model.block_size
     state.tokens_per_iter = k.batch_size * T * k.gradient_accumulation_steps * run.world_size
     run.log(f"tokens per optimizer step: {state.tokens_per_iter:,} = batch_size {k.batch_size} x "
@@ -46,7 +46,9 @@ def log_progress(run, state, loss, dt, k):
     print(f"iter {state.iter_num}: loss {loss:.4f}, lr {state.lr:.2e}, {dt * 1000:.1f} ms/iter, "
           f"{state.tokens_per_iter / dt:,.0f} tok/s{mfu}, eta {eta:.0f}s")
     norms = torch.tensor(state.norms)  # the interval's gradient norms before clipping: its health
-    clipped = (norms > k.grad_clip).float().mean().item() if k.grad_clip > 0 else 0.0  # the share clipped
+    clipped = 0.0  # the share of the interval's steps clipped
+    if k.grad_clip > 0:
+        clipped = (norms > k.grad_clip).float().mean().item()
     write_csv(run, state, 'train', train_loss=loss, step_ms=dt * 1000, grad_norm=norms.mean().item(),
               clipped=clipped, update_ratio=state.update_ratio)
     state.norms = []
@@ -58,4 +60,5 @@ def write_csv(run, state, kind, **values):
     row = dict(kind=kind, iter=state.iter_num, tokens=state.iter_num * state.tokens_per_iter,
                time_s=state.train_time, lr=state.lr, **values)
     if run.master:
-        log_row(os.path.join(os.path.dirname(state.ckpt_path), 'log.csv'), row, new=kind == 'header')
+        path = os.path.join(os.path.dirname(state.ckpt_path), 'log.csv')
+        log_row(path, row, new=kind == 'header')

@@ -70,7 +70,7 @@ def base_record(path):
 
 
 def base_path(ckpt_path, base):
-    """Where a LoRA checkpoint's base is: beside it in base/ (older checkpoints name an absolute path)."""
+    """Where a LoRA checkpoint's base is: beside it in base/ (older ones name an absolute path)."""
     return os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), base['path'])
 
 
@@ -91,7 +91,8 @@ def keep_base(base, out_dir):
     if kept.endswith('.safetensors'):  # GPT-2: its config and tokenizer come from the same folder
         names = ['config.json', 'model.safetensors', 'vocab.json', 'merges.txt']
     for name in names:
-        source, target = os.path.join(os.path.dirname(base['from']), name), os.path.join(out_dir, 'base', name)
+        source = os.path.join(os.path.dirname(base['from']), name)
+        target = os.path.join(out_dir, 'base', name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         if os.path.lexists(target + '.tmp'):
             os.remove(target + '.tmp')
@@ -108,7 +109,7 @@ def base_problem(path, base):
     """Why a LoRA checkpoint's base (at path; its record {'path', 'sha256'}) can't be used, or
     '' when it is the very file."""
     if not os.path.isfile(path):
-        return f"is missing; put it back (it was {base['from']})" if 'from' in base else "is missing; put it back"
+        return f"is missing; put it back (it was {base.get('from', 'the file it names')})"
     if sha256(path) != base['sha256']:
         return "has changed since (sha256 differs)"
     return ''
