@@ -146,6 +146,13 @@ def trained(trained_once, tmp_path):
     return copy_project(template, tmp_path), r
 
 
+def final(folder):
+    """A training run's final figures, from its files: log.csv's 'final' row (checkpoint.read_log), with
+    whole-split val_loss and val_bpb, iter and time_s."""
+    from checkpoint import read_log
+    return [row for row in read_log(os.path.join(folder, 'log.csv')) if row['kind'] == 'final'][-1]
+
+
 def val_lines(out):
     return re.findall(r'^step \d+: train loss [\d.]+, val loss [\d.]+$', out, flags=re.M)
 

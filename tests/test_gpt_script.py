@@ -10,7 +10,7 @@ import types
 import pytest
 import torch
 
-from conftest import REPO, SHAKESPEARE, TINY, one_line_error, run, run_process, val_lines
+from conftest import REPO, SHAKESPEARE, TINY, final, one_line_error, run, run_process, val_lines
 
 
 def test_train_log_and_sample(trained):
@@ -134,7 +134,7 @@ def test_mixed_precision_paths_run_on_cpu(proj, dtype):
     r = run(proj, 'gpt.py', *TINY, '--max_iters=10', f'--dtype={dtype}', '--optimizer=muon')
     assert r.returncode == 0, r.stderr
     assert f'dtype: {dtype} (as asked)' in r.stdout
-    assert float(re.search(r'whole-split val loss ([\d.]+)', r.stdout).group(1)) < 4.5
+    assert final(proj / 'out')['val_loss'] < 4.5
 
 
 def test_cpu_name_says_the_model_and_the_flags_that_choose_roads(tmp_path):
@@ -267,7 +267,7 @@ def test_lecture_steps_reach_the_lectures_val_loss(proj, step, lecture):
     assert run(proj, 'prepare.py', f'--input={SHAKESPEARE}').returncode == 0
     r = run(proj, 'gpt.py', f'config/lecture/{step}.py', '--max_new_tokens=0')
     assert r.returncode == 0, r.stderr
-    assert abs(float(re.search(r'whole-split val loss ([\d.]+)', r.stdout).group(1)) - lecture) < 0.05
+    assert abs(final(proj / f"out-lecture-{step}")['val_loss'] - lecture) < 0.05
 
 
 def files(folder):

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import CORPUS, SHAKESPEARE, TINY, one_line_error, run, val_lines
+from conftest import CORPUS, SHAKESPEARE, TINY, final, one_line_error, run, val_lines
 from tokenizer import SPLIT, BPETokenizer, CharTokenizer, from_description
 
 TEXT = CORPUS + "def f(x_1, y2):\n    return x_1 ** 2 + 1234567  # snake_case\r\n\t\tend\n"
@@ -122,7 +122,7 @@ def test_bpe_end_to_end_train_resume_sample(proj):
     assert all(r.returncode == 0 for r in (first, resumed, straight)), first.stderr + resumed.stderr
     assert val_lines(resumed.stdout)[-1] == val_lines(straight.stdout)[-1]
     assert 'Naïve 😀 ~zq' in first.stdout  # any prompt encodes with bytes, and decodes back
-    bpb = float(re.search(r'val bpb ([\d.]+)', first.stdout).group(1))
+    bpb = final(proj / 'out')['val_bpb']
     assert 0 < bpb < 8 * 1.1
     # a char checkpoint against the BPE dataset is refused, and says how to fix it
     assert run(proj, 'gpt.py', *TINY, '--max_iters=5', '--out_dir=char').returncode == 0
@@ -143,7 +143,8 @@ def test_bpb_of_char_data_is_loss_over_ln2(proj):
     (proj / 'ascii.txt').write_text(ascii_text)
     assert run(proj, 'prepare.py', '--input=ascii.txt', '--dataset=ascii').returncode == 0
     r = run(proj, 'gpt.py', *TINY, '--dataset=ascii', '--max_iters=5')
-    loss, bpb = map(float, re.search(r'val loss ([\d.]+) .*val bpb ([\d.]+)', r.stdout).groups())
+    assert r.returncode == 0, r.stderr
+    loss, bpb = final(proj / 'out')['val_loss'], final(proj / 'out')['val_bpb']
     n = len(ascii_text) - int(0.9 * len(ascii_text))
     assert bpb == pytest.approx(loss / math.log(2), rel=2e-3)  # every char is one byte (up to rounding)
 
