@@ -82,6 +82,9 @@ def combination_problems(k, root, configured=()):
          "init feeds the head): add --tie_weights=false, as the lecture's parts do"),
         (not (k.rope and k.pos) or k.n_embd // max(k.n_head, 1) % 2 == 0,
          "rope needs an even head size, n_embd // n_head"),
+        (k.attention or not (k.rope or k.qk_norm or not k.causal),
+         "rope, qk_norm and causal=False act on attention's queries, keys and mask: with attention=False add "
+         "--rope=false --qk_norm=false (and leave causal out)"),
         (not (k.relu and k.relu2),
          "relu and relu2 are two choices of one activation: set one of them"),
         (not k.lora_rank or k.init_from != 'scratch',

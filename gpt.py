@@ -19,12 +19,10 @@ The lecture's names, and this file's (nanoGPT's) for the same things:
     FeedForward.net                FeedForward.c_fc, act, c_proj
     Block.sa, Block.ffwd           Block.attn, Block.mlp
     token_embedding_table          GPT.wte
-    position_embedding_table       GPT.wpe
-    ln_f, lm_head                  the same
+    position_embedding_table       GPT.wpe (ln_f and lm_head: the same)
 
-Beside it (docs/design.md maps them): machine.py, roads.py (precisions timed here), checks.py,
-checkpoint.py (a run's files), loading.py (a model from a file), logbook.py, stream.py, tokenizer.py;
-and the next steps, imported only where a knob asks: muon.py, quant.py, lora.py, instruct.py, gpt2.py.
+Beside it (docs/design.md maps them): machine, roads, checks, checkpoint, loading, logbook, stream and
+tokenizer; the next steps, imported only where a knob asks: muon, quant, lora, instruct, gpt2 (.py).
 """
 import math
 import os
@@ -46,8 +44,7 @@ from checks import die, model_problems, problems, writes_out_dir
 from configurator import configure, knobs
 from loading import restore_randomness, resume, start_from
 from logbook import begin_log, log_progress, write_csv
-from machine import caught_signals, compile_and_wrap, finish_processes, gather, largest
-from machine import start_processes
+from machine import caught_signals, compile_and_wrap, finish_processes, gather, largest, start_processes
 from prepare import load_prepared
 import roads
 from stream import Printer, prompts
@@ -80,6 +77,7 @@ gelu_tanh = False  # GELU by its tanh approximation, as GPT-2 was trained (init_
 bias = False  # biases in the Linears and the head, as in the lecture (nanoGPT's knob)
 relu = False  # ReLU instead of GELU in the feed-forward network, as in the lecture
 ffn = True  # a feed-forward network in each block
+attention = True  # self-attention in each block; False: a position sees only itself (an experiment)
 residual = True  # residual connections, x + f(x); False: x = f(x)
 norm = True  # the norms before attention, before the feed-forward network and before the head
 pos = True  # position information (the learned table, or rope); False: none
@@ -196,6 +194,7 @@ class GPTConfig:
     tie_weights: bool = True
     bias: bool = False
     relu: bool = False
+    attention: bool = True
     ffn: bool = True
     residual: bool = True
     norm: bool = True
@@ -329,16 +328,19 @@ class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = make_norm(config)
-        self.attn = MultiHeadAttention(config)
+        self.attn = None  # attention=False: the block is its feed-forward network alone
+        if config.attention:
+            self.ln_1 = make_norm(config)
+            self.attn = MultiHeadAttention(config)
         if config.ffn:
             self.ln_2 = make_norm(config)
             self.mlp = FeedForward(config)
         self.ffn, self.residual = config.ffn, config.residual
 
     def forward(self, x, rope=None, cache=None, layer=0):
-        y = self.attn(self.ln_1(x), rope, cache, layer)  # (B, T, C)
-        x = x + y if self.residual else y
+        if self.attn is not None:
+            y = self.attn(self.ln_1(x), rope, cache, layer)  # (B, T, C)
+            x = x + y if self.residual else y
         if self.ffn:
             y = self.mlp(self.ln_2(x))  # (B, T, C)
             x = x + y if self.residual else y
@@ -394,13 +396,14 @@ class GPT(nn.Module):
     def explicit_attention(self):
         """Inside: every block's attention() (the explicit softmax), which keeps its weights in
         attn.att for look.py's page and plot.py's picture; after it, the fused kernel again."""
-        for block in self.blocks:
-            block.attn.use_sdpa = False
+        attentions = [block.attn for block in self.blocks if block.attn is not None]
+        for attn in attentions:
+            attn.use_sdpa = False
         try:
             yield
         finally:
-            for block in self.blocks:
-                block.attn.use_sdpa = True
+            for attn in attentions:
+                attn.use_sdpa = True
 
     def nanogpt_init(self, n_layer):
         """nanoGPT's init: matrices N(0, 0.02), the projections into the residual stream smaller
@@ -467,17 +470,14 @@ def sample_next(logits, temperature, top_k=0, top_p=1.0, generator=None):
     """One token per row from (B, vocab) logits; temperature 0 takes the most likely."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float()
-    # <= 0: a tiny t can't overflow
-    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+    logits = (logits.float() - logits.float().amax(dim=-1, keepdim=True)) / temperature  # <= 0: can't overflow
     if 0 < top_k < logits.size(-1):
         kth = torch.topk(logits, top_k).values[:, [-1]]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float('-inf'))
     probs = F.softmax(logits, dim=-1)  # (B, vocab)
     if top_p < 1.0:  # nucleus: drop the tail once the more likely tokens already hold top_p
         sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-        # the most likely token always stays
-        tail = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+        tail = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p  # the most likely always stays
         probs = probs.scatter(-1, order, sorted_probs.masked_fill(tail, 0.0))
     return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
 
@@ -494,7 +494,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, kv
     token still sees half a block or more. While the text fits in block_size, cached and uncached
     give the same tokens. A model without the causal mask never uses the cache: its cached
     positions never saw the later tokens."""
-    kv_cache = kv_cache and model.causal
+    kv_cache = kv_cache and model.causal and model.blocks[0].attn is not None  # no attention, no keys
     T = model.block_size
     cache = None
     in_cache = 0  # how many tokens of idx the cache holds
@@ -632,7 +632,7 @@ def knob_model_args(k, vocab_size):
                        n_embd=k.n_embd, dropout=k.dropout, rope=k.rope, rmsnorm=k.rmsnorm, qk_norm=k.qk_norm,
                        relu2=k.relu2, tie_weights=k.tie_weights, bias=k.bias, relu=k.relu, ffn=k.ffn,
                        residual=k.residual, norm=k.norm, pos=k.pos, weight_init=k.weight_init, causal=k.causal,
-                       gelu_tanh=k.gelu_tanh)
+                       gelu_tanh=k.gelu_tanh, attention=k.attention)
     return asdict(config)
 
 

@@ -62,6 +62,9 @@ def build(path, text):
         ckpt = load_checkpoint(path, 'gpt')  # one line for a missing, damaged or foreign file
         step = ckpt['iter_num']
         T = ckpt['model_args']['block_size']
+        if not ckpt['model_args'].get('attention', True):
+            die(f"{path} has no attention (attention=False): a position sees only itself, so the page would have "
+                f"none to show; python plot.py on its log.csv draws how it learned")
         quantized = (ckpt.get('lora') or {}).get('quantize') or quantized  # a QLoRA base's
         if 'dataset' not in configured:  # a checkpoint knows its dataset
             k.dataset = ckpt['config'].get('dataset', k.dataset)

@@ -71,6 +71,8 @@ def attention_maps(path, text):
     if not text:
         die("--prompt must not be empty")
     ckpt = load_checkpoint(path, 'gpt')  # one line for a missing, damaged or foreign file
+    if not ckpt['model_args'].get('attention', True):
+        die(f"{path} has no attention (attention=False): there is none to draw")
     tok = from_description(description_in(ckpt))
     if tok.unknown(text):
         die(f"the prompt has characters that are not in the model's vocabulary: {tok.unknown(text)}")

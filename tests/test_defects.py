@@ -358,3 +358,19 @@ def test_a_qlora_page_says_its_base_is_quantized(trained):
     assert r.returncode == 0, r.stderr
     html = (proj / 'q.html').read_text()
     assert '"quantize":"nf4"' in html
+
+
+# ------------------------------------------------------------------------------- the attention switch
+@pytest.mark.parametrize('args', [['--attention=false'], ['--attention=false', '--rope=false'],
+                                  ['--attention=false', '--rope=false', '--qk_norm=false', '--causal=false']])
+def test_attention_false_refuses_what_acts_on_attention(proj, args):
+    msg = one_line_error(run(proj, 'gpt.py', *TINY, '--max_iters=5', *args))
+    assert 'attention=False' in msg
+
+
+def test_a_model_without_attention_trains_and_says_so_in_one_line_where_it_has_none_to_show(proj):
+    args = ['--attention=false', '--rope=false', '--qk_norm=false', '--max_iters=20']
+    r = run(proj, 'gpt.py', *TINY, *args)
+    assert r.returncode == 0, r.stderr
+    assert 'no attention' in one_line_error(run(proj, 'look.py', 'out/ckpt.pt'))
+    assert 'no attention' in one_line_error(run(proj, 'plot.py', '--attention=out/ckpt.pt'))

@@ -301,3 +301,21 @@ def test_newton_schulz_in_bf16_is_the_fp32_update_within_a_few_percent():
         s = torch.linalg.svdvals(fp32)
         assert 0.1 < s.min() and s.max() < 1.25  # singular values pushed towards 1, in both
         assert torch.linalg.svdvals(bf16).max() < 1.25
+
+
+@pytest.mark.parametrize('ffn', [True, False])
+def test_without_attention_each_position_sees_only_itself(ffn):
+    """attention=False: a block is its feed-forward network alone (or, without one either, passes x on), so each
+    position's logits come from its own token and position: changing every earlier token changes nothing."""
+    torch.manual_seed(0)
+    model = gpt.GPT(gpt.GPTConfig(V, 16, 2, 2, 16, attention=False, ffn=ffn)).eval()
+    assert all(block.attn is None for block in model.blocks)
+    idx = torch.randint(V, (2, 16))
+    changed = idx.clone()
+    changed[:, :15] = (changed[:, :15] + 1) % V  # every position but the last
+    logits, other = model(idx, idx)[0], model(changed, idx)[0]
+    assert torch.allclose(logits[:, -1], other[:, -1], atol=1e-6)
+    assert not torch.allclose(logits[:, :15], other[:, :15])
+    with torch.no_grad():  # and sampling, with or without the cache, gives what the full forward gives
+        a, b = (gpt.generate(model, idx[:, :4], 10, temperature=0, kv_cache=c) for c in (True, False))
+    assert torch.equal(a, b)
