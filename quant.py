@@ -30,8 +30,8 @@ class QuantizedLinear(nn.Module):
 class Int8Linear(QuantizedLinear):
     """A Linear whose weight is int8 with one absmax scale per output row: w ~ code * absmax / 127.
 
-    Weight-only: the activations stay as they are, and both of its roads compute x @ dequantize()^T
-    (plus the bias). The 'float' road (everywhere, and wherever gradients flow: LoRA on an int8
+    Weight-only: only the weights are stored small, and both of its roads compute x @ dequantize()^T
+    (plus the bias), the float road with x as it is, the kernel road with x cut to 21-bit codes. The 'float' road (everywhere, and wherever gradients flow: LoRA on an int8
     base) multiplies by the codes as floats, then the scales. The 'kernel' road, for evaluating and
     sampling on a CPU whose int8 matmul sums exactly (int8_kernel_is_exact: with VNNI or AMX, and
     with AVX2 alone), reaches the same numbers by int8 matmul: each token's row of x becomes 21-bit
