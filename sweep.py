@@ -49,6 +49,10 @@ from plot import pyplot, save
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TEXT = ('prompt', 'stop')  # knobs whose values may hold commas: never swept
+try:
+    LIBC = ctypes.CDLL(None, use_errno=True)  # for die_with_parent
+except OSError:
+    LIBC = None
 
 
 class Stopped(Exception):
@@ -187,12 +191,10 @@ def start_one(folder, args, record, threads):
 
 
 def die_with_parent():
-    """In the child, before gpt.py starts: on Linux, SIGTERM when the sweep ends, however it ends."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: a killed sweep's runs go on, and are waited for
-        pass
+    """In the child, before gpt.py starts: on Linux, SIGTERM when the sweep ends, however it ends.
+    libc is loaded in the parent (LIBC): the forked child only calls prctl."""
+    if LIBC is not None and hasattr(LIBC, 'prctl'):  # elsewhere a killed sweep's runs go on (waited for)
+        LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def wait_for_lock(folder):
