@@ -72,7 +72,6 @@ def combination_problems(k, root, configured=()):
     named = k.init_from in ('scratch', 'resume')
     from_path = not named and os.path.exists(os.path.join(root, k.init_from))
     writes = writes_out_dir(k) and from_path
-    trains = k.max_iters > 0 and not k.eval_only
     shaping = [name for name in ('min_lr', 'lr_decay_iters', 'schedule') if name in configured]
     checks = [
         (k.decay_lr or not shaping,
@@ -93,7 +92,7 @@ def combination_problems(k, root, configured=()):
          "eval_only needs a model: --init_from=resume or a checkpoint's path"),
         (k.int8_road == 'auto' or k.quantize == 'int8',
          f"int8_road chooses int8's matmul, and this run has quantize={k.quantize!r}: add --quantize=int8"),
-        (k.newton_schulz == 'auto' or (k.optimizer == 'muon' and not k.lora_rank and trains),
+        (k.newton_schulz == 'auto' or (k.optimizer == 'muon' and not k.lora_rank and will_train(k)),
          f"newton_schulz is Muon's precision, and this run trains no Muon (optimizer={k.optimizer!r}; "
          f"lora_rank={k.lora_rank}: LoRA trains with AdamW; max_iters={k.max_iters})"),
         (not (k.interactive and k.eval_only),
@@ -110,9 +109,14 @@ def combination_problems(k, root, configured=()):
     return [message for ok, message in checks if not ok]
 
 
+def will_train(k):
+    """Whether a run with the knobs k trains (or resumes training): steps to take, not eval_only."""
+    return k.max_iters > 0 and not k.eval_only
+
+
 def writes_out_dir(k):
     """Whether a run with the knobs k writes its out_dir: it trains (or resumes), or exports."""
-    return (k.max_iters > 0 and not k.eval_only) or k.export
+    return will_train(k) or k.export
 
 
 def inside(path, folder):

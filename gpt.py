@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint as recompute
 
 from checkpoint import claimed, load_checkpoint, save_checkpoint
-from checks import die, model_problems, problems, writes_out_dir
+from checks import die, model_problems, problems, will_train, writes_out_dir
 from configurator import configure, knobs
 from loading import restore_randomness, resume, start_from
 from logbook import begin_log, log_progress, write_csv
@@ -967,7 +967,7 @@ def main():
         run = start_processes(k.device)  # machine.py: one process or torchrun's, and the device
         model, state = build_model(run, data, k, CONFIGURED)  # scratch, resume, or one to fine-tune
         # max_iters=0 (or eval_only) with a loaded model: no training, only what follows
-        trains = k.max_iters > 0 and not k.eval_only
+        trains = will_train(k)
         choose_roads(run, model, data, state, trains, k)  # the precisions: as asked, or timed here
         if trains and state.lora and state.ckpt is None and run.master:  # a new LoRA run's base kept
             from lora import keep_base

@@ -9,7 +9,7 @@ import os
 from dataclasses import asdict
 
 from checkpoint import load_checkpoint
-from checks import die
+from checks import die, will_train
 
 
 def read_model(name, root, tok=None, dataset=None, block_size=None):
@@ -62,7 +62,7 @@ def resume(state, k, configured, data, model_class, log=print):
     if k.lora_rank and not state.lora:
         die(f"{state.ckpt_path} is not a LoRA run, so it cannot resume with lora_rank > 0; to add LoRA, "
             f"fine-tune it: --init_from={os.path.join(k.out_dir, 'ckpt.pt')} --out_dir=ANOTHER")
-    if k.max_iters and not k.eval_only and state.iter_num >= k.max_iters:
+    if will_train(k) and state.iter_num >= k.max_iters:
         log(f"note: {state.ckpt_path} is at step {state.iter_num}, at or past max_iters={k.max_iters}: "
             f"nothing to train (a higher --max_iters trains on); its best model is evaluated again")
     keep_model_settings(state, ckpt, k, configured, model_class)
@@ -86,7 +86,7 @@ def start_from(state, k, configured, data, model_class, root):
         from lora import base_record
         state.lora = {'rank': k.lora_rank, 'alpha': k.lora_alpha, 'quantize': k.quantize}
         state.base = base_record(path)
-    if not k.max_iters or k.eval_only:
+    if not will_train(k):
         state.roads = ckpt.get('roads')
     keep_model_settings(state, ckpt, k, configured, model_class)
     return full_weights(path, ckpt, data.tok, k.dataset, model_class)

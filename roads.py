@@ -41,9 +41,9 @@ def machine_key():
     return f"{cpu_name()}; torch {torch.__version__}; {torch.get_num_threads()} threads"
 
 
-def read_cache(say=True):
-    """The cache file's answers, {} where there is none or it can't be read (said: it is measured
-    again, and replaced by the next run that trains)."""
+def read_cache(say=False):
+    """The cache file's answers, {} where there is none or it can't be read (say: a note that it is
+    written anew, when remember() replaces it)."""
     if not os.path.lexists(CACHE):
         return {}
     try:
@@ -54,7 +54,7 @@ def read_cache(say=True):
     if isinstance(answers, dict):
         return answers
     if say:
-        print(f"note: the kept roads, {CACHE}, could not be read ({answers}); they are measured again")
+        print(f"note: the kept roads, {CACHE}, could not be read ({answers}); it is written anew")
     return {}
 
 
@@ -68,7 +68,7 @@ def remember(key, answer):
         with open(CACHE + '.lock', 'a') as lock:
             if fcntl is not None:
                 fcntl.flock(lock, fcntl.LOCK_EX)
-            answers = read_cache(say=False)
+            answers = read_cache(say=True)
             answers[key] = answer
             text = json.dumps(answers, indent=1, sort_keys=True)
             write_atomic({CACHE: text.encode()}, fail=note)

@@ -14,7 +14,7 @@ import torch
 
 import gpt
 import sweep
-from conftest import REPO, TINY, one_line_error, run, val_lines
+from conftest import TINY, one_line_error, run, val_lines
 
 LECTURE = ['--rope=false', '--rmsnorm=false', '--qk_norm=false', '--relu=true', '--bias=true', '--tie_weights=false',
            '--weight_init=pytorch', '--optimizer=adamw', '--warmup_iters=0', '--decay_lr=false', '--n_layer=1',

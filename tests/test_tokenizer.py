@@ -145,7 +145,6 @@ def test_bpb_of_char_data_is_loss_over_ln2(proj):
     r = run(proj, 'gpt.py', *TINY, '--dataset=ascii', '--max_iters=5')
     assert r.returncode == 0, r.stderr
     loss, bpb = final(proj / 'out')['val_loss'], final(proj / 'out')['val_bpb']
-    n = len(ascii_text) - int(0.9 * len(ascii_text))
     assert bpb == pytest.approx(loss / math.log(2), rel=2e-3)  # every char is one byte (up to rounding)
 
 
