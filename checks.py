@@ -28,7 +28,8 @@ def value_problems(k, root):
                'weight_init': ('nanogpt', 'pytorch'),
                'quantize': ('', 'int8', 'nf4'),
                'newton_schulz': ('auto', 'float32', 'bfloat16'),
-               'int8_road': ('auto', 'float', 'kernel')}
+               'int8_road': ('auto', 'float', 'kernel'),
+               'export': ('', 'false', 'true', 'hf', 'gguf')}
     named = k.init_from in ('scratch', 'resume')
     sizes = (k.n_layer, k.n_head, k.n_embd, k.block_size, k.batch_size,
              k.gradient_accumulation_steps,
@@ -73,6 +74,8 @@ def combination_problems(k, root, configured=()):
     from_path = not named and os.path.exists(os.path.join(root, k.init_from))
     writes = writes_out_dir(k) and from_path
     shaping = [name for name in ('min_lr', 'lr_decay_iters', 'schedule') if name in configured]
+    out_dir = os.path.join(root, k.out_dir)
+    crowded = os.path.isdir(out_dir) and set(os.listdir(out_dir)) - {'run.lock'}  # files of another run
     checks = [
         (k.decay_lr or not shaping,
          f"decay_lr=False has no decay for {', '.join(shaping)} to shape: leave one of them out"),
@@ -97,11 +100,15 @@ def combination_problems(k, root, configured=()):
          f"lora_rank={k.lora_rank}: LoRA trains with AdamW; max_iters={k.max_iters})"),
         (not (k.interactive and k.eval_only),
          "interactive answers prompts, and eval_only samples nothing: choose one"),
-        (not k.export or (not named and k.max_iters == 0 and not k.eval_only),
+        (not exporting(k) or (not named and k.max_iters == 0 and not k.eval_only),
          "export writes a checkpoint's model out: --init_from=PATH --max_iters=0 --out_dir=NEW"),
-        (not k.export or not os.path.exists(os.path.join(root, k.out_dir, 'ckpt.pt')),
+        (not exporting(k) or not os.path.exists(os.path.join(root, k.out_dir, 'ckpt.pt')),
          f"{os.path.join(k.out_dir, 'ckpt.pt')} exists, and export never writes over a checkpoint: "
          f"give a new --out_dir"),
+        (k.export not in ('hf', 'gguf') or not crowded,
+         f"--out_dir={k.out_dir} holds files, and --export={k.export} writes only into a new or empty folder"),
+        (k.export not in ('hf', 'gguf') or not k.quantize,
+         f"--export={k.export} writes the model's float32 weights: leave --quantize out"),
         (not writes or not inside(os.path.join(root, k.init_from), os.path.join(root, k.out_dir)),
          f"--init_from={k.init_from} lies in this run's --out_dir={k.out_dir}, which the run writes: "
          f"give another --out_dir, so that the model it starts from stays as it is"),
@@ -114,9 +121,14 @@ def will_train(k):
     return k.max_iters > 0 and not k.eval_only
 
 
+def exporting(k):
+    """Whether a run with the knobs k writes its model out (--export: 'true', 'hf' or 'gguf')."""
+    return k.export not in ('', 'false')
+
+
 def writes_out_dir(k):
     """Whether a run with the knobs k writes its out_dir: it trains (or resumes), or exports."""
-    return will_train(k) or k.export
+    return will_train(k) or exporting(k)
 
 
 def inside(path, folder):

@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint as recompute
 
 from checkpoint import claimed, load_checkpoint, save_checkpoint
-from checks import die, model_problems, problems, will_train, writes_out_dir
+from checks import die, exporting, model_problems, problems, will_train, writes_out_dir
 from configurator import configure, knobs
 from loading import restore_randomness, resume, start_from
 from logbook import begin_log, log_progress, write_csv
@@ -54,7 +54,7 @@ dataset = 'shakespeare_char'  # reads data/<dataset>/ (made by prepare.py)
 out_dir = 'out'  # ckpt.pt (the latest step), best.pt (the lowest val loss), log.csv; from this file
 init_from = 'scratch'  # 'scratch', 'resume' (<out_dir>/ckpt.pt), a checkpoint, gpt2 or a HF folder
 eval_only = False  # with a loaded model: print the whole-split val loss and bpb, then exit
-export = False  # with init_from=PATH, max_iters=0: write its model (LoRA merged) to a new out_dir
+export = ''  # with init_from=PATH, max_iters=0, into a new out_dir: 'true' (ckpt.pt), 'hf' or 'gguf' (export.py)
 device = 'auto'  # 'auto' picks cuda, then mps, then cpu
 dtype = 'auto'  # 'auto': bf16 autocast on GPUs (fp16 on older CUDA); on a CPU, timed (roads.py)
 compile = 'auto'  # torch.compile the model: 'auto' means on CUDA only; true/false force it
@@ -589,14 +589,27 @@ def best_model(model, data, state, k):
     print(line)
 
 
-def export_checkpoint(run, model, state, k):
-    """--export: init_from's model (LoRA merged) as a plain checkpoint. Every process calls it."""
+def export_checkpoint(run, model, data, state, k, configured=()):
+    """--export: init_from's model, LoRA merged, as a plain checkpoint ('true'), or as a transformers
+    folder ('hf') or a GGUF file ('gguf'; export.py), with its whole-split loss in a model card.
+    Every process calls it: process 0 writes."""
+    if k.export != 'true':  # export.py: a part GPT-2's architecture lacks is refused, nothing written
+        from export import problem
+        refusal = problem(state.model_args, state.tokenizer, k.export)
+        if refusal:
+            die(refusal)
     if state.lora:
         from lora import merge_lora
         merge_lora(model)
         state.lora = None
-    save(run, model, [], state)
-    run.log(f"wrote {state.ckpt_path}: the model of {k.init_from}, as an ordinary checkpoint")
+    if k.export == 'true':
+        save(run, model, [], state)
+        run.log(f"wrote {state.ckpt_path}: the model of {k.init_from}, as an ordinary checkpoint")
+    elif run.master:
+        from export import export
+        loss, bpb = evaluate(run, model.eval(), data, state, k)
+        made = {name: getattr(k, name) for name in configured}  # the command line and config files
+        run.log(export(model, state, loss, bpb, os.path.join(ROOT, k.out_dir), made))
 
 
 # ---------------------------------------------------------- the steps of a run
@@ -618,6 +631,7 @@ class State:
     eval_s: float = 0.0  # the last eval's seconds: the progress line's eta counts the evals left
     norms: list = field(default_factory=list)  # the gradient norms of this log interval's steps
     update_ratio: float = 0.0  # the last logged step's update, over the weights' size
+    made: dict = field(default_factory=dict)  # init_from's checkpoint: its config and steps (export's card)
     flops_per_iter: float = 0.0  # the training FLOPs of a step, for the MFU estimate
     ckpt: dict = None  # the checkpoint resumed from, or None
     lora: dict = None  # a LoRA run's rank, alpha and quantize, or None
@@ -976,8 +990,8 @@ def main():
             optimizers = make_optimizers(run, model, state, k)
             restore_randomness(run, state)
             train(run, model, optimizers, data, state, k)
-        elif k.export:  # max_iters=0 from a checkpoint, asked to write it out
-            export_checkpoint(run, model, state, k)
+        elif exporting(k):  # max_iters=0 from a checkpoint, asked to write it out
+            export_checkpoint(run, model, data, state, k, CONFIGURED)
         finish_processes(run)
         if not run.master:
             return

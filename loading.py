@@ -88,6 +88,7 @@ def start_from(state, k, configured, data, model_class, root):
         state.base = base_record(path)
     if not will_train(k):
         state.roads = ckpt.get('roads')
+    state.made = {'config': ckpt.get('config', {}), 'iter_num': ckpt.get('iter_num', 0)}
     keep_model_settings(state, ckpt, k, configured, model_class)
     return full_weights(path, ckpt, data.tok, k.dataset, model_class)
 

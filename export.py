@@ -1,0 +1,243 @@
+"""
+Your model where everyone else's run: a Hugging Face transformers folder (--export=hf) or one GGUF
+file for llama.cpp (--export=gguf). gpt.py imports this only on those knobs; it never imports gpt.
+
+    python gpt.py --init_from=out/ckpt.pt --max_iters=0 --export=hf --out_dir=out-hf
+    python gpt.py --init_from=out/ckpt.pt --max_iters=0 --export=gguf --out_dir=out-gguf
+
+Both formats hold GPT-2's architecture (transformers' GPT2LMHeadModel, llama.cpp's gpt2), so a model
+exports when GPT-2 can compute exactly what it computes:
+- GPT-2's parts and nanoGPT's (config/classic.py), GPT-2 itself and its fine-tunes (LoRA merged first);
+- the lecture's parts, each as a GPT-2 setting or as weights: ReLU (activation_function, transformers
+  only: llama.cpp's gpt2 has GELU alone), no biases (zero biases), an untied head (its own matrix), no
+  positions (a zero position table), a block without attention or feed-forward network (zero weights:
+  that half adds nothing);
+- an untied head's bias, which GPT-2's head lacks: logits = W (g * n + beta) + b, so a beta' with
+  W beta' = W beta + b does the same; it exists when W's rows are independent (n_embd >= vocab_size).
+RoPE, RMSNorm, QK-norm, ReLU^2, no residuals, no norms and no causal mask are not GPT-2's: refused.
+
+The tokenizer goes too: the character vocabulary as a BPE with no merges, this project's byte-level BPE
+and GPT-2's own as byte-level BPEs. Their token texts write each byte as GPT-2's vocab.json does.
+"""
+import json
+import os
+import shlex
+
+import torch
+
+from checks import die
+from checkpoint import write_atomic
+from gpt2 import shape_of, weight_names
+from tokenizer import from_description, gpt2_bytes
+
+FORMATS = ('hf', 'gguf')
+# the parts GPT-2 lacks: a GPTConfig field, the value GPT-2 has, and the part's name
+NOT_GPT2 = (('rope', False, 'RoPE'), ('rmsnorm', False, 'RMSNorm'), ('qk_norm', False, 'QK-norm'),
+            ('relu2', False, 'ReLU^2'), ('residual', True, 'no residual connections'),
+            ('norm', True, 'no norms'), ('causal', True, 'no causal mask'))
+# llama.cpp's names for ours: outside the blocks, and in block i ('blk.{i}.' for 'blocks.{i}.')
+GGUF_NAMES = {'wte': 'token_embd', 'wpe': 'position_embd', 'ln_f': 'output_norm', 'lm_head': 'output'}
+GGUF_BLOCK_NAMES = {'ln_1': 'attn_norm', 'attn.c_attn': 'attn_qkv', 'attn.c_proj': 'attn_output',
+                    'ln_2': 'ffn_norm', 'mlp.c_fc': 'ffn_up', 'mlp.c_proj': 'ffn_down'}
+
+
+def problem(args, tok_desc, fmt):
+    """Why the model of these model_args and tokenizer can't be written as fmt, or None."""
+    parts = [name for field, gpt2, name in NOT_GPT2 if args.get(field, gpt2) != gpt2]
+    if fmt == 'gguf' and args.get('relu'):
+        parts.append("ReLU (llama.cpp's gpt2 has GELU only; --export=hf takes it)")
+    if parts:
+        return (f"--export={fmt} writes GPT-2's architecture, and this model has {', '.join(parts)}: "
+                f"a model of GPT-2's parts exports (python gpt.py config/classic.py trains one)")
+    if args['bias'] and not args['tie_weights'] and args['n_embd'] < args['vocab_size']:
+        return (f"this model's head has a bias, which GPT-2's lacks; it moves into the final norm's bias "
+                f"only when n_embd >= vocab_size (here {args['n_embd']} < {args['vocab_size']})")
+    chars = tok_desc.get('chars', [])
+    if fmt == 'gguf' and any(ord(c) > 127 for c in chars):
+        wide = [c for c in chars if ord(c) > 127]
+        return (f"llama.cpp reads a character vocabulary as bytes, and this one has characters of "
+                f"several bytes ({''.join(wide[:10])}): --export=hf takes it")
+    return None
+
+
+def gpt2_state(model, args):
+    """Our weights as GPT-2 has them, under our names: a part this model lacks gets the weights
+    that make it do nothing (zero biases, a zero position table, zero attention or feed-forward
+    weights under a norm of ones), the head is always there, and its bias moves into ln_f's."""
+    ours = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    C, V, T = args['n_embd'], args['vocab_size'], args['block_size']
+    state = {}
+    for _, name, _ in weight_names(args['n_layer']):
+        if name in ours:
+            state[name] = ours[name]
+        elif name.endswith('weight') and 'ln_' in name:
+            state[name] = torch.ones(shape_of(name, C, V, T))
+        else:
+            state[name] = torch.zeros(shape_of(name, C, V, T))
+    state['lm_head.weight'] = ours['lm_head.weight']
+    if 'lm_head.bias' in ours:  # solve W delta = b in float64; the new bias must give the same logits
+        W, b = ours['lm_head.weight'].double(), ours['lm_head.bias'].double()
+        delta = torch.linalg.lstsq(W, b.unsqueeze(1)).solution.squeeze(1)
+        state['ln_f.bias'] = (state['ln_f.bias'].double() + delta).float()
+        error = (W.float() @ delta.float() - b.float()).abs().max().item()
+        if error > 1e-4:
+            die(f"this model's head bias does not fit into the final norm's bias (it would move the "
+                f"logits by up to {error:.1e}): it can't export exactly")
+    return state
+
+
+def hf_tokenizer(tok_desc, block_size):
+    """tokenizer.json (made by the tokenizers library) and tokenizer_config.json, as bytes."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    texts, merges = token_texts(tok_desc)
+    if tok_desc['type'] == 'char':  # one token a character: the whole text is one word, never merged
+        tokenizer = Tokenizer(models.BPE(vocab=texts, merges=[]))
+        tokenizer.decoder = decoders.Fuse()
+    else:
+        tokenizer = Tokenizer(models.BPE(vocab=texts, merges=merges))
+        if 'ids' in tok_desc:  # GPT-2's own: its pattern is ByteLevel's
+            tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        else:  # ours: tokenizer.py's chunks, then bytes as GPT-2 writes them
+            split = pre_tokenizers.Split(Regex(tok_desc['pattern']), 'isolated')
+            bytes_ = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+            tokenizer.pre_tokenizer = pre_tokenizers.Sequence([split, bytes_])
+        tokenizer.decoder = decoders.ByteLevel()
+        tokenizer.add_special_tokens(list(tok_desc.get('specials', {})))
+    config = {'tokenizer_class': 'PreTrainedTokenizerFast', 'model_max_length': block_size,
+              'clean_up_tokenization_spaces': False}
+    for text in tok_desc.get('specials', {}):
+        config |= {'bos_token': text, 'eos_token': text}
+    return tokenizer.to_str().encode('utf-8'), json.dumps(config, indent=2).encode('utf-8')
+
+
+def token_texts(tok_desc):
+    """{text: id} of every token, bytes written as GPT-2's vocab.json writes them, and the merges as
+    (text, text) pairs, in the order they were learned."""
+    tok = from_description(tok_desc)
+    if tok_desc['type'] == 'char':
+        return {c: i for i, c in enumerate(tok.chars)}, []
+    show = {b: c for c, b in gpt2_bytes().items()}
+    texts = {}
+    for i, piece in enumerate(tok.vocab):
+        texts[''.join(show[b] for b in piece)] = i
+    for text, i in tok.specials.items():
+        texts[text] = i
+    if len(texts) != tok.vocab_size:
+        die("this BPE has two tokens of the same bytes: no tokenizer.json can hold it")
+    pieces = [tok.vocab[tok.number[t]] for t in range(len(tok.number))]  # our token number -> bytes
+    merges = []
+    for a, b in tok.merges:
+        merges.append((''.join(show[x] for x in pieces[a]), ''.join(show[x] for x in pieces[b])))
+    return texts, merges
+
+
+def hf_files(model, args, tok_desc):
+    """{file name: bytes} of a folder that GPT2LMHeadModel and AutoTokenizer load."""
+    from safetensors.torch import save
+    state = gpt2_state(model, args)
+    tensors = {}
+    for hf, name, transposed in weight_names(args['n_layer']):  # the loader's table, backwards
+        tensors['transformer.' + hf] = (state[name].t() if transposed else state[name]).contiguous()
+    if not args['tie_weights']:
+        tensors['lm_head.weight'] = state['lm_head.weight'].contiguous()
+    specials = list(tok_desc.get('specials', {}).values())
+    eos = specials[0] if specials else None
+    activation = 'relu' if args['relu'] else 'gelu_new' if args['gelu_tanh'] else 'gelu'
+    config = {'architectures': ['GPT2LMHeadModel'], 'model_type': 'gpt2',
+              'vocab_size': args['vocab_size'], 'n_positions': args['block_size'],
+              'n_embd': args['n_embd'], 'n_layer': args['n_layer'], 'n_head': args['n_head'],
+              'n_inner': None, 'activation_function': activation, 'layer_norm_epsilon': 1e-5,
+              'resid_pdrop': 0.0, 'embd_pdrop': 0.0, 'attn_pdrop': 0.0,
+              'tie_word_embeddings': args['tie_weights'], 'bos_token_id': eos, 'eos_token_id': eos,
+              'dtype': 'float32'}
+    generation = {'bos_token_id': eos, 'eos_token_id': eos, 'pad_token_id': eos, 'do_sample': True}
+    tokenizer, tokenizer_config = hf_tokenizer(tok_desc, args['block_size'])
+    return {'config.json': json.dumps(config, indent=2).encode('utf-8'),
+            'generation_config.json': json.dumps(generation, indent=2).encode('utf-8'),
+            'model.safetensors': save(tensors, metadata={'format': 'pt'}),
+            'tokenizer.json': tokenizer, 'tokenizer_config.json': tokenizer_config}
+
+
+def gguf_writer(model, args, tok_desc, name):
+    """A function that writes the GGUF file (gguf, llama.cpp's own writer) to an open file."""
+    import gguf
+    state = gpt2_state(model, args)
+    texts, merges = token_texts(tok_desc)
+    if tok_desc['type'] == 'char':  # each character as the byte it is, written as GPT-2 does
+        show = {b: c for c, b in gpt2_bytes().items()}
+        texts = {show[ord(c)]: i for c, i in texts.items()}
+    tokens = sorted(texts, key=texts.get)
+    specials = tok_desc.get('specials', {})
+
+    def write(f):  # gguf opens the file by its name: the temp file that write_atomic fsyncs and renames
+        writer = gguf.GGUFWriter(f.name, 'gpt2')
+        writer.add_name(name)
+        writer.add_context_length(args['block_size'])
+        writer.add_embedding_length(args['n_embd'])
+        writer.add_feed_forward_length(4 * args['n_embd'])
+        writer.add_block_count(args['n_layer'])
+        writer.add_head_count(args['n_head'])
+        writer.add_layer_norm_eps(1e-5)
+        writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+        writer.add_tokenizer_model('gpt2')
+        writer.add_tokenizer_pre('gpt-2')
+        writer.add_token_list(tokens)
+        control, normal = gguf.TokenType.CONTROL, gguf.TokenType.NORMAL
+        writer.add_token_types([control if t in specials else normal for t in tokens])
+        writer.add_token_merges([f'{a} {b}' for a, b in merges])
+        writer.add_add_bos_token(False)
+        for text, i in specials.items():  # GPT-2's <|endoftext|>: both ends
+            writer.add_bos_token_id(i)
+            writer.add_eos_token_id(i)
+        for ours, tensor in state.items():
+            writer.add_tensor(gguf_name(ours), tensor.numpy())
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return write
+
+
+def gguf_name(ours):
+    """llama.cpp's name for one of our weights: blocks.3.attn.c_attn.weight is blk.3.attn_qkv.weight."""
+    part, kind = ours.rsplit('.', 1)
+    if not part.startswith('blocks.'):
+        return f'{GGUF_NAMES[part]}.{kind}'
+    _, i, layer = part.split('.', 2)
+    return f'blk.{i}.{GGUF_BLOCK_NAMES[layer]}.{kind}'
+
+
+def model_card(fmt, state, loss, bpb, settings):
+    """README.md of the export: what the model is, what it learned from, how well, how it was made."""
+    config, args = state.made.get('config', {}), state.model_args
+    trained = f"`{config.get('dataset')}`, {state.made.get('iter_num', 0)} steps"
+    if config.get('dataset') is None:  # GPT-2's own files
+        trained = f"GPT-2's own weights ({config.get('init_from')})"
+    command = ' '.join(['python gpt.py'] + [f"--{name}={shlex.quote(str(v))}" for name, v in settings.items()])
+    lines = [f"# A GPT exported from minigpt ({'transformers' if fmt == 'hf' else 'GGUF, for llama.cpp'})",
+             '',
+             f"- architecture: GPT-2's: {args['n_layer']} blocks, {args['n_head']} heads, {args['n_embd']} wide, "
+             f"{args['block_size']} positions, {args['vocab_size']} tokens ({state.tokenizer['type']})",
+             f"- trained on: {trained}",
+             f"- whole-split val loss {loss:.4f}, val bpb {bpb:.4f} (before export, as gpt.py computed them)",
+             f"- made by: `{command}`",
+             '']
+    return '\n'.join(lines).encode('utf-8')
+
+
+def export(model, state, loss, bpb, out_dir, settings):
+    """Write the model (LoRA merged) as state.config['export'] asks into out_dir, with a model card
+    (settings: the knobs the command set); return the line that says so."""
+    fmt, args = state.config['export'], state.model_args
+    model.eval()
+    card = model_card(fmt, state, loss, bpb, settings)
+    if fmt == 'hf':
+        files = hf_files(model, args, state.tokenizer)
+        files['README.md'] = card
+        write_atomic({os.path.join(out_dir, name): content for name, content in files.items()})
+        return f"wrote {out_dir}: transformers' GPT2LMHeadModel and its tokenizer ({', '.join(files)})"
+    path = os.path.join(out_dir, 'model.gguf')
+    name = os.path.basename(os.path.normpath(out_dir))
+    write_atomic({path: gguf_writer(model, args, state.tokenizer, name),
+                  os.path.join(out_dir, 'README.md'): card})
+    return f"wrote {path}: llama.cpp's gpt2 architecture, float32, and its tokenizer"
