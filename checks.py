@@ -75,7 +75,7 @@ def combination_problems(k, root, configured=()):
     writes = writes_out_dir(k) and from_path
     shaping = [name for name in ('min_lr', 'lr_decay_iters', 'schedule') if name in configured]
     out_dir = os.path.join(root, k.out_dir)
-    crowded = os.path.isdir(out_dir) and set(os.listdir(out_dir)) - {'run.lock'}  # files of another run
+    crowded = os.path.isdir(out_dir) and set(os.listdir(out_dir)) - {'run.lock'}  # another's files
     checks = [
         (k.decay_lr or not shaping,
          f"decay_lr=False has no decay for {', '.join(shaping)} to shape: leave one of them out"),
@@ -106,7 +106,8 @@ def combination_problems(k, root, configured=()):
          f"{os.path.join(k.out_dir, 'ckpt.pt')} exists, and export never writes over a checkpoint: "
          f"give a new --out_dir"),
         (k.export not in ('hf', 'gguf') or not crowded,
-         f"--out_dir={k.out_dir} holds files, and --export={k.export} writes only into a new or empty folder"),
+         f"--out_dir={k.out_dir} holds files, and --export={k.export} writes only into a new or "
+         f"empty folder"),
         (k.export not in ('hf', 'gguf') or not k.quantize,
          f"--export={k.export} writes the model's float32 weights: leave --quantize out"),
         (not writes or not inside(os.path.join(root, k.init_from), os.path.join(root, k.out_dir)),

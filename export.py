@@ -5,19 +5,19 @@ file for llama.cpp (--export=gguf). gpt.py imports this only on those knobs; it 
     python gpt.py --init_from=out/ckpt.pt --max_iters=0 --export=hf --out_dir=out-hf
     python gpt.py --init_from=out/ckpt.pt --max_iters=0 --export=gguf --out_dir=out-gguf
 
-Both formats hold GPT-2's architecture (transformers' GPT2LMHeadModel, llama.cpp's gpt2), so a model
-exports when GPT-2 can compute exactly what it computes:
-- GPT-2's parts and nanoGPT's (config/classic.py), GPT-2 itself and its fine-tunes (LoRA merged first);
-- the lecture's parts, each as a GPT-2 setting or as weights: ReLU (activation_function, transformers
-  only: llama.cpp's gpt2 has GELU alone), no biases (zero biases), an untied head (its own matrix), no
-  positions (a zero position table), a block without attention or feed-forward network (zero weights:
-  that half adds nothing);
+Both formats hold GPT-2's architecture (transformers' GPT2LMHeadModel, llama.cpp's gpt2), so a
+model exports when GPT-2 can compute exactly what it computes:
+- GPT-2's parts and nanoGPT's (config/classic.py), GPT-2 itself, its fine-tunes (LoRA merged first);
+- the lecture's parts, each as a GPT-2 setting or as weights: ReLU (activation_function; transformers
+  only, llama.cpp's gpt2 has GELU alone), no biases (zero biases), an untied head (its own matrix),
+  no positions (a zero position table), a block without attention or feed-forward network (zero
+  weights: that half adds nothing);
 - an untied head's bias, which GPT-2's head lacks: logits = W (g * n + beta) + b, so a beta' with
   W beta' = W beta + b does the same; it exists when W's rows are independent (n_embd >= vocab_size).
 RoPE, RMSNorm, QK-norm, ReLU^2, no residuals, no norms and no causal mask are not GPT-2's: refused.
 
-The tokenizer goes too: the character vocabulary as a BPE with no merges, this project's byte-level BPE
-and GPT-2's own as byte-level BPEs. Their token texts write each byte as GPT-2's vocab.json does.
+The tokenizer goes too: the character vocabulary as a BPE with no merges, this project's byte-level
+BPE and GPT-2's own as byte-level BPEs. Their token texts write each byte as GPT-2's vocab.json does.
 """
 import json
 import os
@@ -28,6 +28,7 @@ import torch
 from checks import die
 from checkpoint import write_atomic
 from gpt2 import shape_of, weight_names
+from lora import merge_lora
 from tokenizer import from_description, gpt2_bytes
 
 FORMATS = ('hf', 'gguf')
@@ -36,7 +37,8 @@ NOT_GPT2 = (('rope', False, 'RoPE'), ('rmsnorm', False, 'RMSNorm'), ('qk_norm', 
             ('relu2', False, 'ReLU^2'), ('residual', True, 'no residual connections'),
             ('norm', True, 'no norms'), ('causal', True, 'no causal mask'))
 # llama.cpp's names for ours: outside the blocks, and in block i ('blk.{i}.' for 'blocks.{i}.')
-GGUF_NAMES = {'wte': 'token_embd', 'wpe': 'position_embd', 'ln_f': 'output_norm', 'lm_head': 'output'}
+GGUF_NAMES = {'wte': 'token_embd', 'wpe': 'position_embd', 'ln_f': 'output_norm',
+              'lm_head': 'output'}
 GGUF_BLOCK_NAMES = {'ln_1': 'attn_norm', 'attn.c_attn': 'attn_qkv', 'attn.c_proj': 'attn_output',
                     'ln_2': 'ffn_norm', 'mlp.c_fc': 'ffn_up', 'mlp.c_proj': 'ffn_down'}
 
@@ -47,11 +49,13 @@ def problem(args, tok_desc, fmt):
     if fmt == 'gguf' and args.get('relu'):
         parts.append("ReLU (llama.cpp's gpt2 has GELU only; --export=hf takes it)")
     if parts:
-        return (f"--export={fmt} writes GPT-2's architecture, and this model has {', '.join(parts)}: "
-                f"a model of GPT-2's parts exports (python gpt.py config/classic.py trains one)")
+        return (f"--export={fmt} writes GPT-2's architecture, and this model has "
+                f"{', '.join(parts)}: a model of GPT-2's parts exports "
+                f"(python gpt.py config/classic.py trains one)")
     if args['bias'] and not args['tie_weights'] and args['n_embd'] < args['vocab_size']:
-        return (f"this model's head has a bias, which GPT-2's lacks; it moves into the final norm's bias "
-                f"only when n_embd >= vocab_size (here {args['n_embd']} < {args['vocab_size']})")
+        return (f"this model's head has a bias, which GPT-2's lacks; it moves into the final "
+                f"norm's bias only when n_embd >= vocab_size "
+                f"(here {args['n_embd']} < {args['vocab_size']})")
     chars = tok_desc.get('chars', [])
     if fmt == 'gguf' and any(ord(c) > 127 for c in chars):
         wide = [c for c in chars if ord(c) > 127]
@@ -75,14 +79,14 @@ def gpt2_state(model, args):
         else:
             state[name] = torch.zeros(shape_of(name, C, V, T))
     state['lm_head.weight'] = ours['lm_head.weight']
-    if 'lm_head.bias' in ours:  # solve W delta = b in float64; the new bias must give the same logits
+    if 'lm_head.bias' in ours:  # W delta = b, solved in float64: the same logits, or refused
         W, b = ours['lm_head.weight'].double(), ours['lm_head.bias'].double()
         delta = torch.linalg.lstsq(W, b.unsqueeze(1)).solution.squeeze(1)
         state['ln_f.bias'] = (state['ln_f.bias'].double() + delta).float()
         error = (W.float() @ delta.float() - b.float()).abs().max().item()
         if error > 1e-4:
-            die(f"this model's head bias does not fit into the final norm's bias (it would move the "
-                f"logits by up to {error:.1e}): it can't export exactly")
+            die(f"this model's head bias does not fit into the final norm's bias (it would "
+                f"move the logits by up to {error:.1e}): it can't export exactly")
     return state
 
 
@@ -90,7 +94,7 @@ def hf_tokenizer(tok_desc, block_size):
     """tokenizer.json (made by the tokenizers library) and tokenizer_config.json, as bytes."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     texts, merges = token_texts(tok_desc)
-    if tok_desc['type'] == 'char':  # one token a character: the whole text is one word, never merged
+    if tok_desc['type'] == 'char':  # a token a character: the text is one word, never merged
         tokenizer = Tokenizer(models.BPE(vocab=texts, merges=[]))
         tokenizer.decoder = decoders.Fuse()
     else:
@@ -169,7 +173,7 @@ def gguf_writer(model, args, tok_desc, name):
     tokens = sorted(texts, key=texts.get)
     specials = tok_desc.get('specials', {})
 
-    def write(f):  # gguf opens the file by its name: the temp file that write_atomic fsyncs and renames
+    def write(f):  # gguf opens the file by name: write_atomic's temp file, fsynced and renamed
         writer = gguf.GGUFWriter(f.name, 'gpt2')
         writer.add_name(name)
         writer.add_context_length(args['block_size'])
@@ -199,7 +203,7 @@ def gguf_writer(model, args, tok_desc, name):
 
 
 def gguf_name(ours):
-    """llama.cpp's name for one of our weights: blocks.3.attn.c_attn.weight is blk.3.attn_qkv.weight."""
+    """llama.cpp's name for one of ours: blocks.3.attn.c_attn.weight is blk.3.attn_qkv.weight."""
     part, kind = ours.rsplit('.', 1)
     if not part.startswith('blocks.'):
         return f'{GGUF_NAMES[part]}.{kind}'
@@ -208,34 +212,47 @@ def gguf_name(ours):
 
 
 def model_card(fmt, state, loss, bpb, settings):
-    """README.md of the export: what the model is, what it learned from, how well, how it was made."""
+    """README.md of the export: what the model is, what it learned from, how well, how made."""
     config, args = state.made.get('config', {}), state.model_args
     trained = f"`{config.get('dataset')}`, {state.made.get('iter_num', 0)} steps"
     if config.get('dataset') is None:  # GPT-2's own files
         trained = f"GPT-2's own weights ({config.get('init_from')})"
-    command = ' '.join(['python gpt.py'] + [f"--{name}={shlex.quote(str(v))}" for name, v in settings.items()])
-    lines = [f"# A GPT exported from minigpt ({'transformers' if fmt == 'hf' else 'GGUF, for llama.cpp'})",
+    knobs = [f"--{name}={shlex.quote(str(value))}" for name, value in settings.items()]
+    command = ' '.join(['python gpt.py', *knobs])
+    where = {'hf': 'transformers', 'gguf': 'GGUF, for llama.cpp'}[fmt]
+    lines = [f"# A GPT exported from minigpt ({where})",
              '',
-             f"- architecture: GPT-2's: {args['n_layer']} blocks, {args['n_head']} heads, {args['n_embd']} wide, "
-             f"{args['block_size']} positions, {args['vocab_size']} tokens ({state.tokenizer['type']})",
+             f"- architecture: GPT-2's: {args['n_layer']} blocks, {args['n_head']} heads, "
+             f"{args['n_embd']} wide, {args['block_size']} positions, {args['vocab_size']} tokens "
+             f"({state.tokenizer['type']})",
              f"- trained on: {trained}",
-             f"- whole-split val loss {loss:.4f}, val bpb {bpb:.4f} (before export, as gpt.py computed them)",
+             f"- whole-split val loss {loss:.4f}, val bpb {bpb:.4f} (gpt.py's, before the export)",
              f"- made by: `{command}`",
              '']
     return '\n'.join(lines).encode('utf-8')
 
 
-def export(model, state, loss, bpb, out_dir, settings):
-    """Write the model (LoRA merged) as state.config['export'] asks into out_dir, with a model card
-    (settings: the knobs the command set); return the line that says so."""
-    fmt, args = state.config['export'], state.model_args
-    model.eval()
+def export(model, state, out_dir, k, configured, score, master=True):
+    """Write the model as k.export asks into out_dir, with a model card (configured: the knobs the
+    command set; score(model): its whole-split val loss and bpb); return the line that says so.
+    What GPT-2's architecture can't hold is refused first, with nothing written. Every process
+    calls it: master writes."""
+    fmt, args = k.export, state.model_args
+    settings = {name: getattr(k, name) for name in configured}  # the command, for the card
+    refusal = problem(args, state.tokenizer, fmt)
+    if refusal:
+        die(refusal)
+    merge_lora(model)  # on a QLoRA model too: its base dequantized, the update added, in float32
+    state.lora = None
+    if not master:
+        return ''
+    loss, bpb = score(model.eval())
     card = model_card(fmt, state, loss, bpb, settings)
     if fmt == 'hf':
         files = hf_files(model, args, state.tokenizer)
         files['README.md'] = card
         write_atomic({os.path.join(out_dir, name): content for name, content in files.items()})
-        return f"wrote {out_dir}: transformers' GPT2LMHeadModel and its tokenizer ({', '.join(files)})"
+        return f"wrote {out_dir}: GPT2LMHeadModel and its tokenizer ({', '.join(files)})"
     path = os.path.join(out_dir, 'model.gguf')
     name = os.path.basename(os.path.normpath(out_dir))
     write_atomic({path: gguf_writer(model, args, state.tokenizer, name),

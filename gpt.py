@@ -22,7 +22,7 @@ The lecture's names, and this file's (nanoGPT's) for the same things:
     position_embedding_table       GPT.wpe (ln_f and lm_head: the same)
 
 Beside it (docs/design.md maps them): machine, roads, checks, checkpoint, loading, logbook, stream and
-tokenizer; the next steps, imported only where a knob asks: muon, quant, lora, instruct, gpt2 (.py).
+tokenizer; the next steps, imported where a knob asks: muon, quant, lora, instruct, gpt2, export.
 """
 import math
 import os
@@ -42,7 +42,7 @@ from torch.utils.checkpoint import checkpoint as recompute
 from checkpoint import claimed, load_checkpoint, save_checkpoint
 from checks import die, exporting, model_problems, problems, will_train, writes_out_dir
 from configurator import configure, knobs
-from loading import restore_randomness, resume, start_from
+from loading import restore_optimizers, restore_randomness, resume, start_from
 from logbook import begin_log, log_progress, write_csv
 from machine import caught_signals, compile_and_wrap, finish_processes, gather, largest, start_processes
 from prepare import load_prepared
@@ -54,7 +54,7 @@ dataset = 'shakespeare_char'  # reads data/<dataset>/ (made by prepare.py)
 out_dir = 'out'  # ckpt.pt (the latest step), best.pt (the lowest val loss), log.csv; from this file
 init_from = 'scratch'  # 'scratch', 'resume' (<out_dir>/ckpt.pt), a checkpoint, gpt2 or a HF folder
 eval_only = False  # with a loaded model: print the whole-split val loss and bpb, then exit
-export = ''  # with init_from=PATH, max_iters=0, into a new out_dir: 'true' (ckpt.pt), 'hf' or 'gguf' (export.py)
+export = ''  # init_from=PATH, max_iters=0, to a new out_dir: 'true' (a ckpt.pt), 'hf' or 'gguf' (export.py)
 device = 'auto'  # 'auto' picks cuda, then mps, then cpu
 dtype = 'auto'  # 'auto': bf16 autocast on GPUs (fp16 on older CUDA); on a CPU, timed (roads.py)
 compile = 'auto'  # torch.compile the model: 'auto' means on CUDA only; true/false force it
@@ -485,15 +485,13 @@ def sample_next(logits, temperature, top_k=0, top_p=1.0, generator=None):
 @torch.inference_mode()  # no_grad, lighter: no version counters; its tensors never enter autograd
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, kv_cache=True, generator=None,
              stop=None, stream=None):
-    """Append up to max_new_tokens sampled tokens to idx (B, T) and return it, printing nothing:
-    stream(new), if given, gets each row's sampled ids after every token (to show them), and it
-    stops once stop(ids) is true for every row's. The context is cropped to block_size.
-
-    With the cache, each step feeds only the newest token. Positions end at block_size, so a full
-    cache is rebuilt from the last half block (one forward over it, at positions 0..): every
-    token still sees half a block or more. While the text fits in block_size, cached and uncached
-    give the same tokens. A model without the causal mask never uses the cache: its cached
-    positions never saw the later tokens."""
+    """Append up to max_new_tokens sampled tokens to each row of idx (B, T), printing nothing:
+    stream(new) gets each row's sampled ids after every token; it stops once stop(ids) holds for
+    every row. The context is cropped to block_size. With the cache, each step feeds only the
+    newest token; a full cache is rebuilt from the last half block (one forward, at positions
+    0..), so every token still sees half a block or more. While the text fits in block_size,
+    cached and uncached give the same tokens. Without the causal mask there is no cache: its
+    cached positions never saw the later tokens."""
     kv_cache = kv_cache and model.causal and model.blocks[0].attn is not None  # no attention, no keys
     T = model.block_size
     cache = None
@@ -526,8 +524,9 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, kv
 
 def sample(run, model, data, state, k):
     """num_samples continuations of the prompt (interactive: of each line of standard input),
-    each printed as it is made. A sample ends at `stop`; a model trained on instruction pairs
-    gets its prompt in the pairs' template, and their end marker is its default stop."""
+    drawn as one batch: a token for every sample reads the weights once. One sample prints as it
+    is made; several print when the batch is done. A sample ends at `stop`; a model trained on
+    instruction pairs gets its prompt in the pairs' template, and their end marker is its stop."""
     sep = state.template.get('sep', '')
     end = k.stop or state.template.get('end', '')
     g = torch.Generator(device=run.dev).manual_seed(k.seed)
@@ -536,17 +535,23 @@ def sample(run, model, data, state, k):
               "which a cached position never saw")
     for text in prompts(data.tok, model.block_size, sep, k.prompt, k.interactive):  # stream.py
         ids = data.tok.encode(text + sep)
-        for _ in range(k.num_samples):
+        printer = Printer(data.tok, end)  # stream.py: the text that is ready, as it grows
+        stream = printer.show if k.num_samples == 1 else None  # a batch's rows would interleave
+        if stream is not None:
             print(text + sep, end='', flush=True)
-            printer = Printer(data.tok, end)  # stream.py: the text that is ready, as it grows
-            t0 = time.time()
-            with run.ctx:
-                out = generate(model, torch.tensor([ids], device=run.dev), k.max_new_tokens, k.temperature,
-                               k.top_k, k.top_p, k.kv_cache, g, stop=printer.ends, stream=printer.show)
-            printer.show([out[0, len(ids):].tolist()], final=True)
+        t0 = time.time()
+        with run.ctx:
+            batch = torch.tensor([ids] * k.num_samples, device=run.dev)  # (num_samples, T)
+            out = generate(model, batch, k.max_new_tokens, k.temperature, k.top_k, k.top_p, k.kv_cache, g,
+                           stop=printer.ends, stream=stream)
+        for row in out[:, len(ids):].tolist():
+            if stream is None:
+                print(text + sep, end='')
+                printer = Printer(data.tok, end)
+            printer.show([row], final=True)
             print('\n---------------', flush=True)
-            n, dt = out.size(1) - len(ids), time.time() - t0
-            print(f"({n} tokens in {dt:.2f} s: {n / dt:.1f} tokens/s)", file=sys.stderr)  # stdout: text alone
+        n, dt = out[:, len(ids):].numel(), time.time() - t0
+        print(f"({n} tokens in {dt:.2f} s: {n / dt:.1f} tokens/s)", file=sys.stderr)  # stdout: text alone
 
 
 # ----------------------------------------------------------------- checkpoints
@@ -590,26 +595,19 @@ def best_model(model, data, state, k):
 
 
 def export_checkpoint(run, model, data, state, k, configured=()):
-    """--export: init_from's model, LoRA merged, as a plain checkpoint ('true'), or as a transformers
-    folder ('hf') or a GGUF file ('gguf'; export.py), with its whole-split loss in a model card.
-    Every process calls it: process 0 writes."""
-    if k.export != 'true':  # export.py: a part GPT-2's architecture lacks is refused, nothing written
-        from export import problem
-        refusal = problem(state.model_args, state.tokenizer, k.export)
-        if refusal:
-            die(refusal)
+    """--export: init_from's model, LoRA merged, as a plain checkpoint ('true'), or for other tools
+    to run (export.py: 'hf', 'gguf'). Every process calls it: process 0 writes."""
+    if k.export != 'true':
+        from export import export
+        score = lambda m: evaluate(run, m, data, state, k)  # the whole-split loss, for the model card
+        run.log(export(model, state, os.path.join(ROOT, k.out_dir), k, configured, score, run.master))
+        return
     if state.lora:
         from lora import merge_lora
         merge_lora(model)
         state.lora = None
-    if k.export == 'true':
-        save(run, model, [], state)
-        run.log(f"wrote {state.ckpt_path}: the model of {k.init_from}, as an ordinary checkpoint")
-    elif run.master:
-        from export import export
-        loss, bpb = evaluate(run, model.eval(), data, state, k)
-        made = {name: getattr(k, name) for name in configured}  # the command line and config files
-        run.log(export(model, state, loss, bpb, os.path.join(ROOT, k.out_dir), made))
+    save(run, model, [], state)
+    run.log(f"wrote {state.ckpt_path}: the model of {k.init_from}, as an ordinary checkpoint")
 
 
 # ---------------------------------------------------------- the steps of a run
@@ -631,7 +629,7 @@ class State:
     eval_s: float = 0.0  # the last eval's seconds: the progress line's eta counts the evals left
     norms: list = field(default_factory=list)  # the gradient norms of this log interval's steps
     update_ratio: float = 0.0  # the last logged step's update, over the weights' size
-    made: dict = field(default_factory=dict)  # init_from's checkpoint: its config and steps (export's card)
+    made: dict = field(default_factory=dict)  # init_from's config and steps (export.py's card)
     flops_per_iter: float = 0.0  # the training FLOPs of a step, for the MFU estimate
     ckpt: dict = None  # the checkpoint resumed from, or None
     lora: dict = None  # a LoRA run's rank, alpha and quantize, or None
@@ -720,18 +718,7 @@ def make_optimizers(run, model, state, k):
         if muon_params:
             ns_dtype = getattr(torch, state.roads['newton_schulz'])  # roads.py's choice
             optimizers.append(Muon(muon_params, lr=k.muon_lr, ns_dtype=ns_dtype))
-    ckpt = state.ckpt
-    if ckpt is not None:
-        if not ckpt['optimizer']:
-            die(f"{state.ckpt_path} holds a model without an optimizer (written by --export): "
-                f"fine-tune it with --init_from={os.path.join(k.out_dir, 'ckpt.pt')} --out_dir=ANOTHER")
-        if len(ckpt['optimizer']) != len(optimizers):
-            die(f"{state.ckpt_path} was trained with optimizer='{ckpt['config']['optimizer']}'; "
-                f"resume with the same")
-        for opt, saved in zip(optimizers, ckpt['optimizer']):
-            opt.load_state_dict(saved)
-    elif run.master and os.path.exists(state.ckpt_path):
-        print(f"note: this run will overwrite {state.ckpt_path} (to resume: --init_from=resume)")
+    restore_optimizers(optimizers, state, k, run.master)  # loading.py: as a resumed run left them
     for opt, base_lr in zip(optimizers, (k.learning_rate, k.muon_lr)):
         for group in opt.param_groups:
             group['base_lr'] = base_lr  # the schedule scales every group by lr / learning_rate
@@ -980,8 +967,7 @@ def main():
     with claimed(os.path.join(ROOT, k.out_dir) if writes else None):
         run = start_processes(k.device)  # machine.py: one process or torchrun's, and the device
         model, state = build_model(run, data, k, CONFIGURED)  # scratch, resume, or one to fine-tune
-        # max_iters=0 (or eval_only) with a loaded model: no training, only what follows
-        trains = will_train(k)
+        trains = will_train(k)  # max_iters=0 (or eval_only) with a loaded model: only what follows
         choose_roads(run, model, data, state, trains, k)  # the precisions: as asked, or timed here
         if trains and state.lora and state.ckpt is None and run.master:  # a new LoRA run's base kept
             from lora import keep_base

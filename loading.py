@@ -130,3 +130,20 @@ def restore_randomness(run, state):
         if run.dev_type == 'cuda' and ckpt['rng'].get('cuda') is not None:
             torch.cuda.set_rng_state(ckpt['rng']['cuda'][run.rank].clone())
     run.log(f"resumed from {state.ckpt_path} at step {state.iter_num}")
+
+
+def restore_optimizers(optimizers, state, k, master=True):
+    """A resumed run's optimizers get their saved state; a new run says whose ckpt.pt it replaces."""
+    ckpt = state.ckpt
+    if ckpt is None:
+        if master and os.path.exists(state.ckpt_path):
+            print(f"note: this run will overwrite {state.ckpt_path} (to resume: --init_from=resume)")
+        return
+    if not ckpt['optimizer']:
+        die(f"{state.ckpt_path} holds a model without an optimizer (written by --export): "
+            f"fine-tune it with --init_from={os.path.join(k.out_dir, 'ckpt.pt')} --out_dir=ANOTHER")
+    if len(ckpt['optimizer']) != len(optimizers):
+        die(f"{state.ckpt_path} was trained with optimizer='{ckpt['config']['optimizer']}'; "
+            f"resume with the same")
+    for opt, saved in zip(optimizers, ckpt['optimizer']):
+        opt.load_state_dict(saved)

@@ -147,6 +147,25 @@ def test_cached_generation_with_the_smallest_blocks(block_size):
     assert outs[0].shape == (2, 13) and (block_size > 1 or torch.equal(outs[0], outs[1]))
 
 
+@pytest.mark.parametrize('kv_cache', [True, False])
+def test_greedy_samples_in_a_batch_equal_each_drawn_alone(kv_cache):
+    """--num_samples=N is one batch: row i of a greedy batch is the sample drawn alone, through the
+    cache and past block_size (the cache rebuilt)."""
+    model = tiny(block_size=16).eval()
+    prompts = torch.randint(V, (4, 5))
+    batch = gpt.generate(model, prompts, 40, temperature=0, kv_cache=kv_cache)
+    for row in range(4):
+        assert torch.equal(batch[row], gpt.generate(model, prompts[row:row + 1], 40, temperature=0,
+                                                    kv_cache=kv_cache)[0])
+
+
+def test_a_sampled_batch_is_seeded():
+    model = tiny().eval()
+    prompt = torch.randint(V, (1, 3)).expand(4, 3)
+    a, b = (gpt.generate(model, prompt, 20, 1.0, generator=torch.Generator().manual_seed(7)) for _ in range(2))
+    assert torch.equal(a, b) and len({tuple(row.tolist()) for row in a}) == 4  # the same batch, four samples
+
+
 def test_greedy_is_deterministic():
     model = tiny().eval()
     prompt = torch.randint(V, (2, 4))

@@ -65,6 +65,27 @@ def test_sample_only(trained):
     assert (proj / 'out' / 'ckpt.pt').read_bytes() == before
 
 
+def test_num_samples_are_one_batch_printed_whole_and_cut_at_stop(trained):
+    """Several samples are drawn together and printed when done: greedy, each is the one sample drawn
+    alone; with temperature, the same seed gives the same samples; each is cut at its stop."""
+    proj, _ = trained
+    args = ('--init_from=resume', '--max_iters=0', '--prompt=All:', '--max_new_tokens=40')
+    one = run(proj, 'gpt.py', *args, '--temperature=0', '--num_samples=1')
+    three = run(proj, 'gpt.py', *args, '--temperature=0', '--num_samples=3')
+    assert len(samples(one)) == 1 and samples(three) == samples(one) * 3
+    assert '(120 tokens in' in three.stderr
+    drawn = [samples(run(proj, 'gpt.py', *args, '--num_samples=3', '--seed=5')) for _ in range(2)]
+    assert drawn[0] == drawn[1] and len(set(drawn[0])) == 3
+    cut = samples(run(proj, 'gpt.py', *args, '--num_samples=3', '--stop=e', '--seed=5'))
+    assert len(cut) == 3 and all(s.startswith('All:') and 'e' not in s for s in cut), cut
+
+
+def samples(r):
+    """The samples a run printed: what follows the device line, between the separators."""
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split('\ndevice: ', 1)[1].split('\n', 1)[1].split('\n---------------\n')[:-1]
+
+
 class Evil:
     def __reduce__(self):
         return (os.system, ('touch pwned',))
