@@ -188,7 +188,7 @@ def gguf_writer(model, args, tok_desc, name):
         writer.add_token_list(tokens)
         control, normal = gguf.TokenType.CONTROL, gguf.TokenType.NORMAL
         writer.add_token_types([control if t in specials else normal for t in tokens])
-        writer.add_token_merges([f'{a} {b}' for a, b in merges])
+        writer.add_token_merges([f'{a} {b}' for a, b in merges] or [no_merge(texts)])
         writer.add_add_bos_token(False)
         for text, i in specials.items():  # GPT-2's <|endoftext|>: both ends
             writer.add_bos_token_id(i)
@@ -200,6 +200,13 @@ def gguf_writer(model, args, tok_desc, name):
         writer.write_tensors_to_file()
         writer.close()
     return write
+
+
+def no_merge(texts):
+    """A merge that can never apply: of a byte that no token holds. llama.cpp's gpt2 tokenizer needs
+    a list of merges, and gguf writes no empty list; a character vocabulary has none of its own."""
+    unused = [c for c in gpt2_bytes() if c not in texts]
+    return f'{unused[0]} {unused[0]}'
 
 
 def gguf_name(ours):

@@ -187,7 +187,7 @@ def test_llama_cpp_runs_the_gguf_greedy_as_we_do(proj):
     tok = from_description(ckpt['tokenizer'])
     prompt = tok.encode('All: Speak')
     ours = greedy(model.eval(), torch.tensor([prompt]), 50)[0, len(prompt):].tolist()
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, verbose=False, logits_all=False)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, verbose=False, logits_all=True)
     assert llm.tokenize(b'All: Speak', add_bos=False, special=False) == prompt
     theirs = []
     llm.eval(prompt)
@@ -231,3 +231,17 @@ def test_an_export_into_a_folder_with_files_or_a_bad_format_is_refused(trained):
         assert says in one_line_error(r), args
         assert sha(proj / 'out') == before and (proj / 'full' / 'notes.txt').read_text() == 'mine'
         assert not (proj / 'new').exists()
+
+
+def test_llama_cpp_tokenizes_our_bpe_as_we_do(proj):
+    """llama.cpp's gpt2 pre-tokenizer against tokenizer.py's chunks, on the tiny corpus's val split."""
+    llama_cpp = pytest.importorskip('llama_cpp', reason='llama-cpp-python is not installed: '
+                                    'pip install llama-cpp-python (it builds llama.cpp from source)')
+    assert run(proj, 'prepare.py', f'--input={proj.parent / "corpus.txt"}', '--tokenizer=bpe', '--vocab_size=300',
+               '--dataset=bpe').returncode == 0
+    train(proj, '--dataset=bpe', '--out_dir=run-bpe')
+    exported(proj, 'run-bpe/ckpt.pt', 'gguf', 'gguf-bpe', '--dataset=bpe')
+    tok = from_description(json.loads((proj / 'data' / 'bpe' / 'meta.json').read_text())['tokenizer'])
+    val = np.fromfile(proj / 'data' / 'bpe' / 'val.bin', dtype=np.uint16).tolist()
+    llm = llama_cpp.Llama(model_path=str(proj / 'gguf-bpe' / 'model.gguf'), vocab_only=True, verbose=False)
+    assert llm.tokenize(tok.decode(val).encode('utf-8'), add_bos=False, special=False) == val
