@@ -112,7 +112,7 @@ lora_rank = 0  # > 0 (with init_from=PATH): train only a low-rank update B @ A o
 lora_alpha = 16.0  # the low-rank update is scaled by lora_alpha / lora_rank
 # sampling, after training
 prompt = '\n'  # sampling starts from this text
-num_samples = 1  # samples drawn from each prompt, one after the other
+num_samples = 1  # samples drawn from each prompt, as one batch (printed when done; one streams)
 max_new_tokens = 500  # tokens sampled after the prompt (fewer if a sample reaches `stop`)
 temperature = 0.8  # 0 means greedy
 top_k = 0  # keep only the k most likely tokens; 0 keeps all
