@@ -1,6 +1,7 @@
 """
 Benchmark any gpt.py config: training speed, MFU, val loss after a fixed wall-clock budget,
-generation speed with and without the KV cache, in fp32, int8 and NF4 weights, and peak memory.
+generation speed with and without the KV cache, in fp32, int8 and NF4 weights, at batch 1 and 8
+(--num_samples=8 draws its samples as one batch), and peak memory.
 Prints a table.
 
     python bench.py                                   # gpt.py's defaults, 60 s of training

@@ -31,7 +31,6 @@ from gpt2 import shape_of, weight_names
 from lora import merge_lora
 from tokenizer import from_description, gpt2_bytes
 
-FORMATS = ('hf', 'gguf')
 # the parts GPT-2 lacks: a GPTConfig field, the value GPT-2 has, and the part's name
 NOT_GPT2 = (('rope', False, 'RoPE'), ('rmsnorm', False, 'RMSNorm'), ('qk_norm', False, 'QK-norm'),
             ('relu2', False, 'ReLU^2'), ('residual', True, 'no residual connections'),
@@ -146,7 +145,9 @@ def hf_files(model, args, tok_desc):
         tensors['lm_head.weight'] = state['lm_head.weight'].contiguous()
     specials = list(tok_desc.get('specials', {}).values())
     eos = specials[0] if specials else None
-    activation = 'relu' if args['relu'] else 'gelu_new' if args['gelu_tanh'] else 'gelu'
+    activation = 'gelu_new' if args['gelu_tanh'] else 'gelu'  # transformers' names: tanh's form, erf's
+    if args['relu']:
+        activation = 'relu'
     config = {'architectures': ['GPT2LMHeadModel'], 'model_type': 'gpt2',
               'vocab_size': args['vocab_size'], 'n_positions': args['block_size'],
               'n_embd': args['n_embd'], 'n_layer': args['n_layer'], 'n_head': args['n_head'],

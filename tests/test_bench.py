@@ -23,3 +23,6 @@ def test_bench_ends_with_how_long_the_config_takes_here(proj):
     # the whole run is max_iters steps at the measured pace, rounded as printed
     assert abs(minutes - 400 * step_ms / 60000) <= 0.05 + 400 * 0.5 / 60000
     assert '| training tokens/s' in r.stdout and '| KV cache speed-up |' in r.stdout
+    batch = re.search(r'^\| generation tokens/s, KV cache, fp32, batch 8 \(--num_samples=8\) \| [\d,]+ '
+                      r'\(([\d.]+)x batch 1\) \|$', r.stdout, re.M)
+    assert batch and float(batch.group(1)) > 0, r.stdout

@@ -169,7 +169,7 @@ def test_bad_gpt2_input_is_refused_in_one_line_with_nothing_written(proj, refere
 
 
 def test_import_gpt_loads_no_next_step_module():
-    code = ("import sys, gpt; print(sorted(m for m in ('lora', 'quant', 'muon', 'instruct', 'gpt2', "
+    code = ("import sys, gpt; print(sorted(m for m in ('lora', 'quant', 'muon', 'instruct', 'gpt2', 'export', 'gguf', "
             "'huggingface_hub', 'safetensors', 'transformers', 'tokenizers') if m in sys.modules))")
     r = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == '[]', r.stdout + r.stderr
