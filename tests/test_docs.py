@@ -28,6 +28,7 @@ NOT_FIGURES = [
     '(0.1 is best on BPE 2048)',
     'is 2.120 bits per byte',
     'batch 32, dropout 0.1,',
+    'short of 4x',  # the goal the batch was set
 ]
 NUMBER = re.compile(r'(?<![\w./])(\d[\d,]*(?:\.\d+)?)(?![\w.]*\d)')
 UNIT = re.compile(r'\s?(ms|s|x|%|MiB|GB|minutes|tokens/s)\b')
