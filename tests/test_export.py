@@ -18,6 +18,8 @@ from tokenizer import CharTokenizer, from_description, gpt2_bytes
 transformers = pytest.importorskip('transformers')  # test-only references, in requirements.txt
 gguf = pytest.importorskip('gguf')
 
+NO_LLAMA = ('llama-cpp-python is not installed: pip install llama-cpp-python compiles llama.cpp from its '
+            'source (13 minutes on 2 cores, one job at a time; docs/results.md)')
 ASCII = CORPUS.replace('Ça va? Naïve café, déjà vu — Ångström. 😀', 'So be it; a naive cafe, and a sun.')
 # nanoGPT's GPT-2 parts at a size whose positions hold a prompt and 100 tokens
 CLASSIC = ['--rope=false', '--rmsnorm=false', '--qk_norm=false', '--optimizer=adamw', '--block_size=128',
@@ -161,25 +163,29 @@ def test_gguf_holds_our_tensors_and_tokens(proj):
     assert reader.fields['gpt2.context_length'].parts[-1][0] == 128
 
 
-def test_gguf_of_a_bpe_holds_its_merges(proj):
+def bpe_gguf(proj):
+    """A 300-token BPE of the tiny corpus, a run on it, exported to GGUF: the tokenizer and the file."""
     assert run(proj, 'prepare.py', f'--input={proj.parent / "corpus.txt"}', '--tokenizer=bpe', '--vocab_size=300',
                '--dataset=bpe').returncode == 0
     train(proj, '--dataset=bpe', '--out_dir=run-bpe')
     exported(proj, 'run-bpe/ckpt.pt', 'gguf', 'gguf-bpe', '--dataset=bpe')
-    reader = gguf.GGUFReader(proj / 'gguf-bpe' / 'model.gguf')
-    field = reader.fields['tokenizer.ggml.merges']
-    merges = [bytes(field.parts[i]).decode('utf-8') for i in field.data]
     tok = from_description(json.loads((proj / 'data' / 'bpe' / 'meta.json').read_text())['tokenizer'])
+    return tok, proj / 'gguf-bpe' / 'model.gguf'
+
+
+def test_gguf_of_a_bpe_holds_its_merges(proj):
+    tok, path = bpe_gguf(proj)
+    field = gguf.GGUFReader(path).fields['tokenizer.ggml.merges']
+    merges = [bytes(field.parts[i]).decode('utf-8') for i in field.data]
     assert len(merges) == len(tok.merges) == 300 - 256
     _, expected = export.token_texts(tok.describe())
     assert merges == [f'{a} {b}' for a, b in expected]
 
 
 def test_llama_cpp_runs_the_gguf_greedy_as_we_do(proj):
-    """llama.cpp's own greedy tokens for 50 steps equal ours. llama-cpp-python builds llama.cpp from
-    source (pip install llama-cpp-python: about N minutes on 2 cores, see the README)."""
-    llama_cpp = pytest.importorskip('llama_cpp', reason='llama-cpp-python is not installed: '
-                                    'pip install llama-cpp-python (it builds llama.cpp from source)')
+    """llama.cpp's own greedy tokens for 50 steps equal ours (its logits differ from ours by up to
+    about 3e-4: its GELU is the tanh form, through a float16 table)."""
+    llama_cpp = pytest.importorskip('llama_cpp', reason=NO_LLAMA)
     ckpt_path, path, _ = gguf_file(proj)
     ckpt = torch.load(ckpt_path, weights_only=True)
     model = gpt.GPT(gpt.GPTConfig(**ckpt['model_args']))
@@ -235,13 +241,8 @@ def test_an_export_into_a_folder_with_files_or_a_bad_format_is_refused(trained):
 
 def test_llama_cpp_tokenizes_our_bpe_as_we_do(proj):
     """llama.cpp's gpt2 pre-tokenizer against tokenizer.py's chunks, on the tiny corpus's val split."""
-    llama_cpp = pytest.importorskip('llama_cpp', reason='llama-cpp-python is not installed: '
-                                    'pip install llama-cpp-python (it builds llama.cpp from source)')
-    assert run(proj, 'prepare.py', f'--input={proj.parent / "corpus.txt"}', '--tokenizer=bpe', '--vocab_size=300',
-               '--dataset=bpe').returncode == 0
-    train(proj, '--dataset=bpe', '--out_dir=run-bpe')
-    exported(proj, 'run-bpe/ckpt.pt', 'gguf', 'gguf-bpe', '--dataset=bpe')
-    tok = from_description(json.loads((proj / 'data' / 'bpe' / 'meta.json').read_text())['tokenizer'])
+    llama_cpp = pytest.importorskip('llama_cpp', reason=NO_LLAMA)
+    tok, path = bpe_gguf(proj)
     val = np.fromfile(proj / 'data' / 'bpe' / 'val.bin', dtype=np.uint16).tolist()
-    llm = llama_cpp.Llama(model_path=str(proj / 'gguf-bpe' / 'model.gguf'), vocab_only=True, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
     assert llm.tokenize(tok.decode(val).encode('utf-8'), add_bos=False, special=False) == val
