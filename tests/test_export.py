@@ -117,6 +117,23 @@ def test_a_char_run_and_a_bpe_run_export_to_transformers(proj):
         assert f'--export=hf' in card
 
 
+@pytest.mark.parametrize('quantize', ['', 'nf4'])
+def test_a_lora_and_a_qlora_run_export_merged(proj, quantize):
+    """LoRA's update (on an NF4 base: QLoRA) is merged into the exported weights: transformers' greedy
+    text is the one gpt.py samples after the export."""
+    train(proj, '--out_dir=base')
+    settings = [a for a in TINY if not a.startswith(('--n_layer', '--n_head', '--n_embd', '--block_size'))]
+    lora = run(proj, 'gpt.py', *settings, '--init_from=base/ckpt.pt', '--lora_rank=4', '--learning_rate=2e-2',
+               f'--quantize={quantize}', '--max_iters=10', '--max_new_tokens=0', '--out_dir=lora')
+    assert lora.returncode == 0, lora.stderr
+    r = exported(proj, 'lora/ckpt.pt', 'hf', 'hf-lora')
+    sample = r.stdout.split('\n---------------')[0].rsplit('All: Speak', 1)[1]
+    pipe = transformers.pipeline('text-generation', model=str(proj / 'hf-lora'), device='cpu')
+    assert pipe('All: Speak', max_new_tokens=100, do_sample=False)[0]['generated_text'] == 'All: Speak' + sample
+    card = (proj / 'hf-lora' / 'README.md').read_text()
+    assert '10 steps' in card
+
+
 def test_a_gpt2_folder_exports_as_it_came(tmp_path, proj):
     """A GPT-2-shaped folder (tests/gpt2_folder.py) in, our export out: the same logits, the same ids."""
     folder = tmp_path / 'gpt2'
