@@ -250,6 +250,14 @@ def export(model, state, out_dir, k, configured, score, master=True):
     refusal = problem(args, state.tokenizer, fmt)
     if refusal:
         die(refusal)
+    try:  # the writers, in requirements.txt
+        if fmt == 'hf':
+            import safetensors  # noqa: F401
+            import tokenizers  # noqa: F401
+        else:
+            import gguf  # noqa: F401
+    except ImportError as e:
+        die(f"--export={fmt} needs the package {e.name}: pip install -r requirements.txt")
     merge_lora(model)  # on a QLoRA model too: its base dequantized, the update added, in float32
     state.lora = None
     if not master:

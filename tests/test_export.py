@@ -4,6 +4,7 @@ models and folders that can't export, refused in one line with nothing written."
 import hashlib
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +17,6 @@ from gpt2_folder import make
 from tokenizer import CharTokenizer, from_description, gpt2_bytes
 
 transformers = pytest.importorskip('transformers')  # test-only references, in requirements.txt
-gguf = pytest.importorskip('gguf')
 
 NO_LLAMA = ('llama-cpp-python is not installed: pip install llama-cpp-python compiles llama.cpp from its '
             'source (13 minutes on 2 cores, one job at a time; docs/results.md)')
@@ -160,6 +160,7 @@ def gguf_file(proj):
 
 
 def test_gguf_holds_our_tensors_and_tokens(proj):
+    gguf = pytest.importorskip('gguf')  # requirements.txt: --export=gguf's writer, and its reader
     ckpt_path, path, _ = gguf_file(proj)
     ckpt = torch.load(ckpt_path, weights_only=True)
     model = gpt.GPT(gpt.GPTConfig(**ckpt['model_args']))
@@ -191,6 +192,7 @@ def bpe_gguf(proj):
 
 
 def test_gguf_of_a_bpe_holds_its_merges(proj):
+    gguf = pytest.importorskip('gguf')
     tok, path = bpe_gguf(proj)
     field = gguf.GGUFReader(path).fields['tokenizer.ggml.merges']
     merges = [bytes(field.parts[i]).decode('utf-8') for i in field.data]
@@ -263,3 +265,12 @@ def test_llama_cpp_tokenizes_our_bpe_as_we_do(proj):
     val = np.fromfile(proj / 'data' / 'bpe' / 'val.bin', dtype=np.uint16).tolist()
     llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
     assert llm.tokenize(tok.decode(val).encode('utf-8'), add_bos=False, special=False) == val
+
+
+def test_an_export_without_its_writer_says_what_to_install(trained, monkeypatch):
+    proj, _ = trained
+    train(proj, '--out_dir=classic')
+    monkeypatch.setitem(sys.modules, 'tokenizers', None)  # import tokenizers now raises ImportError
+    r = run(proj, 'gpt.py', '--init_from=classic/ckpt.pt', '--max_iters=0', '--export=hf', '--out_dir=g')
+    assert 'needs the package tokenizers: pip install -r requirements.txt' in one_line_error(r)
+    assert not (proj / 'g').exists()
