@@ -90,27 +90,38 @@ def gpt2_state(model, args):
 
 
 def hf_tokenizer(tok_desc, block_size):
-    """tokenizer.json (made by the tokenizers library) and tokenizer_config.json, as bytes."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    """tokenizer.json and tokenizer_config.json, as bytes. tokenizer.json is written out as the
+    plain data it is (a BPE model, how text is cut before it, how ids become text again), then
+    read and written by the tokenizers library, which checks it."""
+    from tokenizers import Tokenizer
     texts, merges = token_texts(tok_desc)
+    byte_level = {'type': 'ByteLevel', 'add_prefix_space': False, 'trim_offsets': True,
+                  'use_regex': True}
+    cut, decoder = None, {**byte_level, 'add_prefix_space': True}  # tokenizers' decoder defaults
     if tok_desc['type'] == 'char':  # a token a character: the text is one word, never merged
-        tokenizer = Tokenizer(models.BPE(vocab=texts, merges=[]))
-        tokenizer.decoder = decoders.Fuse()
-    else:
-        tokenizer = Tokenizer(models.BPE(vocab=texts, merges=merges))
-        if 'ids' in tok_desc:  # GPT-2's own: its pattern is ByteLevel's
-            tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        else:  # ours: tokenizer.py's chunks, then bytes as GPT-2 writes them
-            split = pre_tokenizers.Split(Regex(tok_desc['pattern']), 'isolated')
-            bytes_ = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-            tokenizer.pre_tokenizer = pre_tokenizers.Sequence([split, bytes_])
-        tokenizer.decoder = decoders.ByteLevel()
-        tokenizer.add_special_tokens(list(tok_desc.get('specials', {})))
+        decoder = {'type': 'Fuse'}
+    elif 'ids' in tok_desc:  # GPT-2's own: its pattern is ByteLevel's
+        cut = byte_level
+    else:  # ours: tokenizer.py's chunks, then bytes as GPT-2 writes them
+        split = {'type': 'Split', 'pattern': {'Regex': tok_desc['pattern']}, 'behavior': 'Isolated',
+                 'invert': False}
+        cut = {'type': 'Sequence', 'pretokenizers': [split, {**byte_level, 'use_regex': False}]}
+    specials = []
+    for text, i in tok_desc.get('specials', {}).items():
+        specials.append({'id': i, 'content': text, 'single_word': False, 'lstrip': False,
+                         'rstrip': False, 'normalized': False, 'special': True})
+    model = {'type': 'BPE', 'dropout': None, 'unk_token': None, 'continuing_subword_prefix': None,
+             'end_of_word_suffix': None, 'fuse_unk': False, 'byte_fallback': False,
+             'ignore_merges': False, 'vocab': texts, 'merges': [list(pair) for pair in merges]}
+    tokenizer = {'version': '1.0', 'truncation': None, 'padding': None, 'added_tokens': specials,
+                 'normalizer': None, 'pre_tokenizer': cut, 'post_processor': None,
+                 'decoder': decoder, 'model': model}
+    checked = Tokenizer.from_str(json.dumps(tokenizer)).to_str()
     config = {'tokenizer_class': 'PreTrainedTokenizerFast', 'model_max_length': block_size,
               'clean_up_tokenization_spaces': False}
     for text in tok_desc.get('specials', {}):
         config |= {'bos_token': text, 'eos_token': text}
-    return tokenizer.to_str().encode('utf-8'), json.dumps(config, indent=2).encode('utf-8')
+    return checked.encode('utf-8'), json.dumps(config, indent=2).encode('utf-8')
 
 
 def token_texts(tok_desc):
@@ -145,7 +156,7 @@ def hf_files(model, args, tok_desc):
         tensors['lm_head.weight'] = state['lm_head.weight'].contiguous()
     specials = list(tok_desc.get('specials', {}).values())
     eos = specials[0] if specials else None
-    activation = 'gelu_new' if args['gelu_tanh'] else 'gelu'  # transformers' names: tanh's form, erf's
+    activation = 'gelu_new' if args['gelu_tanh'] else 'gelu'  # transformers': tanh's form, erf's
     if args['relu']:
         activation = 'relu'
     config = {'architectures': ['GPT2LMHeadModel'], 'model_type': 'gpt2',
@@ -259,7 +270,6 @@ def export(model, state, out_dir, k, configured, score, master=True):
     except ImportError as e:
         die(f"--export={fmt} needs the package {e.name}: pip install -r requirements.txt")
     merge_lora(model)  # on a QLoRA model too: its base dequantized, the update added, in float32
-    state.lora = None
     if not master:
         return ''
     loss, bpb = score(model.eval())
