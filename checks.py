@@ -75,7 +75,8 @@ def combination_problems(k, root, configured=()):
     writes = writes_out_dir(k) and from_path
     shaping = [name for name in ('min_lr', 'lr_decay_iters', 'schedule') if name in configured]
     out_dir = os.path.join(root, k.out_dir)
-    crowded = os.path.isdir(out_dir) and set(os.listdir(out_dir)) - {'run.lock'}  # another's files
+    exports_files = k.export in ('hf', 'gguf')  # a transformers folder or a GGUF file
+    crowded = exports_files and os.path.isdir(out_dir) and set(os.listdir(out_dir)) - {'run.lock'}
     checks = [
         (k.decay_lr or not shaping,
          f"decay_lr=False has no decay for {', '.join(shaping)} to shape: leave one of them out"),
@@ -105,10 +106,10 @@ def combination_problems(k, root, configured=()):
         (not exporting(k) or not os.path.exists(os.path.join(root, k.out_dir, 'ckpt.pt')),
          f"{os.path.join(k.out_dir, 'ckpt.pt')} exists, and export never writes over a checkpoint: "
          f"give a new --out_dir"),
-        (k.export not in ('hf', 'gguf') or not crowded,
+        (not crowded,
          f"--out_dir={k.out_dir} holds files, and --export={k.export} writes only into a new or "
          f"empty folder"),
-        (k.export not in ('hf', 'gguf') or not k.quantize,
+        (not exports_files or not k.quantize,
          f"--export={k.export} writes the model's float32 weights: leave --quantize out"),
         (not writes or not inside(os.path.join(root, k.init_from), os.path.join(root, k.out_dir)),
          f"--init_from={k.init_from} lies in this run's --out_dir={k.out_dir}, which the run writes: "
