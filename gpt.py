@@ -420,9 +420,7 @@ class GPT(nn.Module):
         """idx (B, T) token ids; targets (B, T), or None to get only the last position's logits.
         cache: a KVCache while sampling, whose pos says where these T tokens start."""
         B, T = idx.size()
-        start = 0
-        if cache is not None:
-            start = cache.pos
+        start = cache.pos if cache is not None else 0  # where these T tokens sit
         x = self.wte(idx)  # (B, T, C)
         rope = None
         if self.rope:
@@ -883,8 +881,9 @@ def train_step(run, model, raw_model, optimizers, data, state, k):
 
 def inference_model(model, state, k):
     """The model to evaluate and sample: LoRA merged into its weights, then int8 or NF4 if
-    quantize asks. A QLoRA model stays as it trained (4-bit base plus adapters): merging would
-    mean quantizing it again."""
+    quantize asks, and on a CPU its float weights input-major (roads.py: a batch samples faster).
+    A QLoRA model stays as it trained (4-bit base plus adapters): merging would mean quantizing
+    it again."""
     qlora = state.lora is not None and state.lora['quantize']
     if state.lora and not qlora:
         from lora import merge_lora
@@ -893,6 +892,7 @@ def inference_model(model, state, k):
         from quant import quantize_model
         print(quantize_model(model, k.quantize))  # how much smaller the weights became
     model.eval()
+    roads.input_major(model)  # the same weights, each column in one piece
     if k.quantize == 'int8':  # which of int8's roads, and why: the faster on 16 greedy tokens
         start = torch.zeros((1, 1), dtype=torch.long, device=model.wte.weight.device)
         print(roads.int8(model, k.int8_road, lambda: generate(model, start, 16, temperature=0)))

@@ -46,7 +46,7 @@ class Int8Linear(QuantizedLinear):
 
     def __init__(self, linear):
         super().__init__(linear)
-        w = linear.weight.detach().float()
+        w = linear.weight.detach().float().contiguous()  # (out, in), row by row
         self.register_buffer('scale', w.abs().amax(dim=1).clamp(min=1e-12) / 127)  # (out,)
         # (out, in)
         self.register_buffer('qweight', torch.round(w / self.scale[:, None]).to(torch.int8))
@@ -139,7 +139,7 @@ class NF4Linear(QuantizedLinear):
 
     def __init__(self, linear):
         super().__init__(linear)
-        w = linear.weight.detach().float()
+        w = linear.weight.detach().float().contiguous()  # (out, in), row by row
         # (n_blocks, 64)
         flat = F.pad(w.flatten(), (0, -w.numel() % self.block)).view(-1, self.block)
         self.register_buffer('absmax', flat.abs().amax(dim=1, keepdim=True).clamp(min=1e-12))

@@ -13,7 +13,9 @@ checkpoint keeps its run's roads, and a resumed run takes them again. A timing i
 its turns agree (KEPT_IF): a machine busy with another process gives turns 5-10x apart, and its
 verdict is used once, never kept. MINIGPT_MEASURE_AGAIN=1 times again and replaces what was kept.
 Evaluating and sampling a checkpoint time nothing: it runs in its own precision. The knobs dtype,
-newton_schulz and int8_road choose a road by hand. It never imports gpt.
+newton_schulz and int8_road choose a road by hand. One road is not timed, since it won on every
+CPU path tried: sampling on a CPU stores each Linear's weight input-major (input_major()). It never
+imports gpt.
 """
 import json
 import os
@@ -252,3 +254,15 @@ def int8(model, asked='auto', sample=None):
     for m in layers:
         m.road = road
     return f"int8 on the {road} road ({why})"
+
+
+def input_major(model):
+    """Sampling on a CPU: each Linear's weight stored as its transpose made contiguous, viewed back.
+    It is the same (out, in) matrix with the same numbers; only the order in memory changes, each
+    column now in one piece. F.linear computes x @ W.T, and with W.T contiguous MKL's matmul of a
+    few rows (--num_samples) ran faster on its AVX-512 and AVX2 paths alike, and as fast at 1 row and
+    at a thousand (docs/results.md, Sampling many at once). Training keeps the usual layout, the one
+    its gradients come in; a GPU's weights are left as they are."""
+    for linear in model.modules():
+        if isinstance(linear, torch.nn.Linear) and linear.weight.device.type == 'cpu':
+            linear.weight.data = linear.weight.data.t().contiguous().t()

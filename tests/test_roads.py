@@ -1,14 +1,17 @@
 """roads.py: the precisions and int8's road, chosen by timing them here, kept per machine and shape,
-taken again on resume, and overridden by the knobs; every road forced, on this CPU."""
+taken again on resume, and overridden by the knobs; every road forced, on this CPU; and the one road not timed, input-major weights for sampling."""
+import copy
 import hashlib
 import json
 import re
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from conftest import TINY, final, one_line_error, run
+import gpt
 import roads
 
 
@@ -174,3 +177,53 @@ def test_int8_never_takes_a_kernel_whose_sums_are_wrong(monkeypatch, asked):
     with torch.no_grad():
         x = torch.randn(5, 64)
         assert torch.allclose(model(x), x @ model[0].dequantize().t() + layer.bias, atol=1e-5)
+
+
+def lecture_like(**parts):
+    """A small GPT with the lecture's parts (ReLU, biases), and with a tied head or its own."""
+    torch.manual_seed(0)
+    config = gpt.GPTConfig(11, 16, 2, 2, 16, 0.0, rope=False, rmsnorm=False, qk_norm=False, relu=True, **parts)
+    return gpt.GPT(config).eval()
+
+
+@pytest.mark.parametrize('tie_weights', [True, False])
+def test_input_major_weights_are_the_same_model(tie_weights):
+    """roads.input_major reorders each Linear's weight in memory and nothing else: the same numbers,
+    each column in one piece; the same logits to float rounding, and the same greedy batch, cached
+    and uncached, past block_size, as the usual layout (the one training and a GPU keep)."""
+    usual = lecture_like(tie_weights=tie_weights)
+    model = copy.deepcopy(usual)
+    roads.input_major(model)
+    pairs = [(a, b) for a, b in zip(model.modules(), usual.modules()) if isinstance(a, torch.nn.Linear)]
+    for a, b in pairs:
+        assert a.weight.stride() == (1, a.out_features) and b.weight.is_contiguous()
+        assert torch.equal(a.weight, b.weight)
+    idx = torch.randint(11, (3, 16))
+    assert torch.allclose(model(idx, idx)[0], usual(idx, idx)[0], atol=1e-5)
+    prompts = torch.randint(11, (4, 3))
+    for kv_cache in (True, False):
+        ours, theirs = (gpt.generate(m, prompts, 40, temperature=0, kv_cache=kv_cache) for m in (model, usual))
+        assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize('kind', ['int8', 'nf4'])
+def test_an_input_major_model_quantizes_to_the_same_codes(kind):
+    """bench.py quantizes copies of the model it samples, whose weights are input-major: the codes
+    are the same, stored row by row as quant.py's roads were written and timed for."""
+    import quant
+    usual = lecture_like(tie_weights=False)
+    model = copy.deepcopy(usual)
+    roads.input_major(model)
+    for m in (model, usual):
+        quant.quantize_model(m, kind)
+    ours, theirs = model.state_dict(), usual.state_dict()
+    for name in [name for name in theirs if name.startswith('blocks')]:  # the head stays a Linear
+        assert torch.equal(ours[name], theirs[name]) and ours[name].is_contiguous()
+
+
+def test_the_model_a_run_samples_on_a_cpu_is_input_major():
+    model = lecture_like(tie_weights=False).train()
+    settings = SimpleNamespace(quantize='', int8_road='auto')
+    model = gpt.inference_model(model, SimpleNamespace(lora=None), settings)
+    assert not model.training
+    assert all(m.weight.stride(0) == 1 for m in model.modules() if isinstance(m, torch.nn.Linear))
