@@ -13,9 +13,9 @@ checkpoint keeps its run's roads, and a resumed run takes them again. A timing i
 its turns agree (KEPT_IF): a machine busy with another process gives turns 5-10x apart, and its
 verdict is used once, never kept. MINIGPT_MEASURE_AGAIN=1 times again and replaces what was kept.
 Evaluating and sampling a checkpoint time nothing: it runs in its own precision. The knobs dtype,
-newton_schulz and int8_road choose a road by hand. One road is not timed, since it won on every
-CPU path tried: sampling on a CPU stores each Linear's weight input-major (input_major()). It never
-imports gpt.
+newton_schulz and int8_road choose a road by hand. One road is not timed, since it ran as fast or
+faster on both of MKL's paths tried: sampling on a CPU stores each Linear's weight input-major
+(input_major()). It never imports gpt.
 """
 import json
 import os
